@@ -1,0 +1,104 @@
+//! Assembling a running gateway from a validated config: logging, TLS, state, listeners,
+//! background tasks, and the shutdown sequence.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::access_log::AccessLog;
+use crate::config::{Config, TlsFiles};
+use crate::state::AppState;
+use crate::{admin, server, tls};
+
+/// Why the gateway did not start (or stopped with an error).
+#[derive(Debug)]
+pub enum StartError {
+    /// The configuration cannot work (exit status 2), e.g. certificate files missing.
+    Config(String),
+    /// Anything else: a port in use, an unreadable file.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Runtime(e)
+    }
+}
+
+/// JSON application logs on stderr; `RUST_LOG` overrides `log.level`.
+pub fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn")));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs until SIGTERM / SIGINT, then drains in-flight requests and returns.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let acceptor = match &config.server.tls {
+        Some(files) => Some(tls_acceptor(files, config.server.self_signed_if_missing)?),
+        None => None,
+    };
+    let access_log = AccessLog::start(&config.log.access)
+        .map_err(|e| StartError::Runtime(anyhow::anyhow!("cannot open access log {:?}: {e}", config.log.access)))?;
+    let proxy_listener = server::bind(config.server.listen, "server.listen").await?;
+    let admin_listener = server::bind(config.admin.listen, "admin.listen").await?;
+    let state = Arc::new(AppState::new(config, access_log)?);
+
+    tracing::info!(
+        proxy_addr = %proxy_listener.local_addr().map_err(anyhow::Error::from)?,
+        admin_addr = %admin_listener.local_addr().map_err(anyhow::Error::from)?,
+        tls = acceptor.is_some(),
+        upstream = %state.config.upstream.url,
+        "listening"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve_admin(admin_listener, state.clone(), stop_rx.clone()));
+    let proxy_task = tokio::spawn(server::serve_proxy(proxy_listener, state.clone(), acceptor, stop_rx));
+
+    server::termination_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = proxy_task.await;
+    admin_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the configured certificate, or — when the files are missing and the operator opted
+/// in with `self_signed_if_missing` — writes a self-signed pair there first.
+fn tls_acceptor(files: &TlsFiles, self_signed_if_missing: bool) -> Result<TlsAcceptor, StartError> {
+    let missing = tls::missing_files(files);
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+        if !self_signed_if_missing {
+            return Err(StartError::Config(format!(
+                "TLS file missing: {}. Create a development pair with `frappe-gateway gen-cert --host <name> --out {}`, \
+                 point server.tls_cert / server.tls_key at real files, or set server.self_signed_if_missing = true",
+                names.join(", "),
+                files.cert.parent().map_or(".".into(), |p| p.display().to_string()),
+            )));
+        }
+        tls::write_self_signed(&["localhost".to_string()], &files.cert, &files.key)?;
+        tracing::warn!(
+            cert = %files.cert.display(),
+            key = %files.key.display(),
+            "TLS FILES WERE MISSING: SERVING A SELF-SIGNED CERTIFICATE (server.self_signed_if_missing = true). \
+             Clients will not trust it; install a real certificate for production"
+        );
+    }
+    let config = tls::server_config(files).map_err(|e| StartError::Config(format!("{e:#}")))?;
+    Ok(TlsAcceptor::from(config))
+}
+
+/// The effective configuration as `check` prints it; secrets show as `<redacted>`.
+pub fn describe(config: &Config) -> String {
+    format!("{config:#?}")
+}

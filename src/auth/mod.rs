@@ -1,0 +1,1 @@
+//! Authentication: Authorization header parsing, the credential store, talking to Frappe, webhooks.

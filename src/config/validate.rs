@@ -1,0 +1,569 @@
+//! Raw `gateway.toml` → validated [`Config`]: defaults, value parsing, cross-checks. Every
+//! problem is collected (not just the first) and names the key and the line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::raw::*;
+use super::types::*;
+
+/// One problem in the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key, e.g. `route[2].per_ip`.
+    pub key: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "line {}: {}: {}", self.line, self.key, self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// All problems found in one configuration file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(f, "{}: {n} configuration error{}", self.file, if n == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            writeln!(f, "  {}:{issue}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses and validates `src` (the text of `file`); `env` looks up `_env` variables.
+pub fn parse(
+    src: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut v = Validator { src, env, issues: Vec::new() };
+    let config = match toml::from_str::<RawConfig>(src) {
+        Ok(raw) => Some(v.config(raw)),
+        Err(e) => {
+            v.toml_error(&e);
+            None
+        }
+    };
+    match config {
+        Some(config) if v.issues.is_empty() => Ok(config),
+        _ => Err(ConfigError { file: file.to_string(), issues: v.issues }),
+    }
+}
+
+struct Validator<'a> {
+    src: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.src.len());
+        self.src[..end].bytes().filter(|&b| b == b'\n').count() + 1
+    }
+
+    fn issue(&mut self, key: &str, span: Option<Range<usize>>, message: impl Into<String>) {
+        let line = span.map_or(0, |s| self.line_of(&s));
+        self.issues.push(ConfigIssue { key: key.to_string(), line, message: message.into() });
+    }
+
+    fn toml_error(&mut self, e: &toml::de::Error) {
+        let message = e.message().trim().to_string();
+        let key = unknown_field_name(&message).unwrap_or_else(|| "gateway.toml".to_string());
+        self.issue(&key, e.span(), message);
+    }
+
+    /// Parses a spanned value with `f`, recording an issue on failure.
+    fn value<T, R>(
+        &mut self,
+        key: &str,
+        raw: &Option<Spanned<R>>,
+        f: impl FnOnce(&R) -> Result<T, String>,
+    ) -> Option<T> {
+        let raw = raw.as_ref()?;
+        match f(raw.get_ref()) {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                self.issue(key, Some(raw.span()), msg);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, raw: &S<String>, default: &str) -> Duration {
+        let parsed = self.value(key, raw, |s| parse_duration(s));
+        parsed.unwrap_or_else(|| parse_duration(default).expect("valid default duration"))
+    }
+
+    fn rate(&mut self, key: &str, raw: &S<String>) -> Option<Rate> {
+        self.value(key, raw, |s| parse_rate(s))
+    }
+
+    fn cidrs(&mut self, key: &str, raw: &Option<Vec<Spanned<String>>>) -> Option<Vec<IpNet>> {
+        let list = raw.as_ref()?;
+        let mut out = Vec::with_capacity(list.len());
+        for (i, item) in list.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            if let Some(net) = self.value(&k, &Some(item.clone()), |s| parse_cidr(s)) {
+                out.push(net);
+            }
+        }
+        Some(out)
+    }
+
+    fn url(&mut self, key: &str, raw: &S<String>) -> Option<Uri> {
+        self.value(key, raw, |s| parse_http_url(s))
+    }
+
+    fn positive(&mut self, key: &str, raw: &S<u64>, default: u64) -> u64 {
+        self.value(key, raw, |&n| if n == 0 { Err("must be greater than 0".into()) } else { Ok(n) })
+            .unwrap_or(default)
+    }
+
+    /// Reads the variable named by an `_env` key. `required` turns "unset" into an error;
+    /// otherwise the caller warns and runs without the feature.
+    fn secret_env(&mut self, key: &str, raw: &S<String>, default: &str, required: bool) -> Option<Secret> {
+        let name = raw.as_ref().map_or(default.to_string(), |s| s.get_ref().clone());
+        let span = raw.as_ref().map(|s| s.span());
+        if !is_env_name(&name) {
+            self.issue(key, span, format!("{name:?} is not a valid environment variable name"));
+            return None;
+        }
+        match (self.env)(&name).filter(|v| !v.is_empty()) {
+            Some(value) => Some(Secret::new(value)),
+            None if required => {
+                self.issue(key, span, format!("environment variable {name} is not set"));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let server = self.server(&raw.server);
+        let admin = AdminConfig {
+            listen: self
+                .value("admin.listen", &raw.admin.listen, |s| parse_socket_addr(s))
+                .unwrap_or_else(|| "127.0.0.1:9901".parse().expect("valid default")),
+        };
+        let upstream = self.upstream(raw.upstream.as_ref());
+        let frappe = self.frappe(&raw.frappe, &upstream);
+        let auth = self.auth(&raw.auth);
+        let network = NetworkConfig {
+            trusted_proxies: self.cidrs("network.trusted_proxies", &raw.network.trusted_proxies).unwrap_or_default(),
+            allow: self.cidrs("network.allow", &raw.network.allow).unwrap_or_default(),
+            deny: self.cidrs("network.deny", &raw.network.deny).unwrap_or_default(),
+        };
+        let rate_limit = self.rate_limit(&raw.rate_limit);
+        let routes = self.routes(&raw.route);
+        let users = self.users(&raw.user);
+        let log = self.log(&raw.log);
+        Config { server, admin, upstream, frappe, auth, network, rate_limit, routes, users, log }
+    }
+
+    fn server(&mut self, s: &RawServer) -> ServerConfig {
+        let listen = self
+            .value("server.listen", &s.listen, |v| parse_socket_addr(v))
+            .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("valid default"));
+        let tls = match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: PathBuf::from(cert.get_ref()),
+                key: PathBuf::from(key.get_ref()),
+            }),
+            (None, None) => None,
+            (Some(c), None) => {
+                self.issue("server.tls_key", Some(c.span()), "tls_cert is set but tls_key is missing");
+                None
+            }
+            (None, Some(k)) => {
+                self.issue("server.tls_cert", Some(k.span()), "tls_key is set but tls_cert is missing");
+                None
+            }
+        };
+        ServerConfig {
+            listen,
+            tls,
+            self_signed_if_missing: s.self_signed_if_missing.unwrap_or(false),
+            max_connections: self.positive("server.max_connections", &s.max_connections, 4096) as usize,
+            header_read_timeout: self.duration("server.header_read_timeout", &s.header_read_timeout, "10s"),
+            idle_timeout: self.duration("server.idle_timeout", &s.idle_timeout, "75s"),
+            max_header_bytes: self.positive("server.max_header_bytes", &s.max_header_bytes, 16384) as usize,
+            max_body_bytes: self.positive("server.max_body_bytes", &s.max_body_bytes, 26_214_400),
+            shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace, "30s"),
+        }
+    }
+
+    fn upstream(&mut self, raw: Option<&Spanned<RawUpstream>>) -> UpstreamConfig {
+        let fallback = || "http://127.0.0.1:8000".parse::<Uri>().expect("valid default");
+        let Some(raw) = raw else {
+            self.issue("upstream.url", None, "the [upstream] table with `url` is required");
+            return upstream_defaults(fallback());
+        };
+        let u = raw.get_ref();
+        if u.url.is_none() {
+            self.issue("upstream.url", Some(raw.span()), "is required (the Frappe site, e.g. \"http://127.0.0.1:8000\")");
+        }
+        let url = self.url("upstream.url", &u.url).unwrap_or_else(fallback);
+        let mut cfg = upstream_defaults(url);
+        if let Some(host) = self.value("upstream.host", &u.host, |h| parse_host(h)) {
+            cfg.host = host;
+        }
+        cfg.site_name = self.value("upstream.site_name", &u.site_name, |h| parse_host(h));
+        cfg.connect_timeout = self.duration("upstream.connect_timeout", &u.connect_timeout, "2s");
+        cfg.timeout = self.duration("upstream.timeout", &u.timeout, "120s");
+        cfg
+    }
+
+    fn frappe(&mut self, f: &RawFrappe, upstream: &UpstreamConfig) -> FrappeConfig {
+        FrappeConfig {
+            url: self.url("frappe.url", &f.url).unwrap_or_else(|| upstream.url.clone()),
+            sync_interval: self.duration("frappe.sync_interval", &f.sync_interval, "30s"),
+            sync_token: self
+                .secret_env("frappe.sync_token_env", &f.sync_token_env, "GATEWAY_SYNC_TOKEN", false)
+                .and_then(|t| self.token_shape("frappe.sync_token_env", &f.sync_token_env, t)),
+            webhook_secret: self.secret_env(
+                "frappe.webhook_secret_env",
+                &f.webhook_secret_env,
+                "GATEWAY_WEBHOOK_SECRET",
+                false,
+            ),
+            verify_timeout: self.duration("frappe.verify_timeout", &f.verify_timeout, "5s"),
+        }
+    }
+
+    /// The sync token must look like `api_key:api_secret`; the message never shows it.
+    fn token_shape(&mut self, key: &str, raw: &S<String>, token: Secret) -> Option<Secret> {
+        let ok = matches!(token.expose().split_once(':'), Some((k, s)) if !k.is_empty() && !s.is_empty() && !s.contains(':'));
+        if ok {
+            return Some(token);
+        }
+        let span = raw.as_ref().map(|s| s.span());
+        self.issue(key, span, "the variable's value must have the form api_key:api_secret");
+        None
+    }
+
+    fn auth(&mut self, a: &RawAuth) -> AuthConfig {
+        let user_header = self
+            .value("auth.user_header", &a.user_header, |h| {
+                HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("{h:?} is not a valid header name"))
+            })
+            .unwrap_or_else(|| HeaderName::from_static("x-frappe-user"));
+        AuthConfig {
+            user_header,
+            forward_authorization: a.forward_authorization.unwrap_or(true),
+            cache_capacity: self.positive("auth.cache_capacity", &a.cache_capacity, 100_000),
+            cache_ttl: self.duration("auth.cache_ttl", &a.cache_ttl, "10m"),
+            negative_ttl: self.duration("auth.negative_ttl", &a.negative_ttl, "30s"),
+            stale_if_error: self.duration("auth.stale_if_error", &a.stale_if_error, "10m"),
+        }
+    }
+
+    fn rate_limit(&mut self, r: &RawRateLimit) -> RateLimitConfig {
+        let backend = self
+            .value("rate_limit.backend", &r.backend, |b| match b.as_str() {
+                "local" => Ok(RateLimitBackend::Local),
+                "redis" => Ok(RateLimitBackend::Redis),
+                other => Err(format!("unknown backend {other:?}; expected \"local\" or \"redis\"")),
+            })
+            .unwrap_or(RateLimitBackend::Local);
+        let redis = backend == RateLimitBackend::Redis;
+        let redis_url = self.secret_env("rate_limit.redis_url_env", &r.redis_url_env, "GATEWAY_REDIS_URL", redis);
+        let redis_url = if redis { redis_url } else { None };
+        RateLimitConfig {
+            backend,
+            redis_url,
+            redis_timeout: self.duration("rate_limit.redis_timeout", &r.redis_timeout, "50ms"),
+            per_key: self.rate("rate_limit.per_key", &r.per_key),
+            per_ip: self.rate("rate_limit.per_ip", &r.per_ip),
+            failed_auth_per_ip: self.rate("rate_limit.failed_auth_per_ip", &r.failed_auth_per_ip),
+            lockout: self.duration("rate_limit.lockout", &r.lockout, "10m"),
+        }
+    }
+
+    fn routes(&mut self, raw: &[Spanned<RawRoute>]) -> Vec<Route> {
+        let mut routes = Vec::with_capacity(raw.len());
+        for (i, r) in raw.iter().enumerate() {
+            let k = |field: &str| format!("route[{i}].{field}");
+            let span = r.span();
+            let r = r.get_ref();
+            let path = self.value(&k("path"), &r.path, |p| {
+                if p.starts_with('/') { Ok(p.clone()) } else { Err(format!("{p:?} must start with '/'")) }
+            });
+            if r.path.is_none() {
+                self.issue(&k("path"), Some(span.clone()), "is required");
+            }
+            if r.auth.is_none() {
+                self.issue(&k("auth"), Some(span), "is required: \"token\", \"public\" or \"deny\"");
+            }
+            let auth = self.value(&k("auth"), &r.auth, |a| match a.as_str() {
+                "token" => Ok(AuthMode::Token),
+                "public" => Ok(AuthMode::Public),
+                "deny" => Ok(AuthMode::Deny),
+                other => Err(format!("unknown auth mode {other:?}; expected \"token\", \"public\" or \"deny\"")),
+            });
+            let route = Route {
+                path: path.unwrap_or_default(),
+                auth: auth.unwrap_or(AuthMode::Deny),
+                allow: self.cidrs(&k("allow"), &r.allow).unwrap_or_default(),
+                per_ip: self.rate(&k("per_ip"), &r.per_ip),
+                per_key: self.rate(&k("per_key"), &r.per_key),
+                upstream: self.url(&k("upstream"), &r.upstream),
+            };
+            if let Some(dup) = routes.iter().position(|x: &Route| x.path == route.path && !route.path.is_empty()) {
+                let span = r.path.as_ref().map(|p| p.span());
+                self.issue(&k("path"), span, format!("duplicates route[{dup}].path {:?}", route.path));
+            }
+            routes.push(route);
+        }
+        // Longest prefix first: the first match is the most specific.
+        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        routes
+    }
+
+    fn users(&mut self, raw: &[Spanned<RawUser>]) -> Vec<UserPolicy> {
+        let mut users = Vec::with_capacity(raw.len());
+        for (i, u) in raw.iter().enumerate() {
+            let k = |field: &str| format!("user[{i}].{field}");
+            let span = u.span();
+            let u = u.get_ref();
+            let Some(name) = u.name.as_ref().map(|n| n.get_ref().trim().to_string()) else {
+                self.issue(&k("name"), Some(span), "is required (the Frappe user name, e.g. an email)");
+                continue;
+            };
+            let methods = u.methods.as_ref().map(|list| {
+                list.iter()
+                    .enumerate()
+                    .filter_map(|(j, m)| {
+                        self.value(&format!("{}[{j}]", k("methods")), &Some(m.clone()), |s| parse_method(s))
+                    })
+                    .collect()
+            });
+            users.push(UserPolicy {
+                name,
+                allow: self.cidrs(&k("allow"), &u.allow).unwrap_or_default(),
+                methods: methods.unwrap_or_default(),
+                per_key: self.rate(&k("per_key"), &u.per_key),
+                doctypes: u.doctypes.clone(),
+                rpc: u.rpc.clone(),
+            });
+        }
+        users
+    }
+
+    fn log(&mut self, l: &RawLog) -> LogConfig {
+        let access = match l.access.as_ref().map(|a| a.get_ref().as_str()) {
+            None | Some("stdout") => AccessLogTarget::Stdout,
+            Some("off") => AccessLogTarget::Off,
+            Some(path) => AccessLogTarget::File(PathBuf::from(path)),
+        };
+        let level = self
+            .value("log.level", &l.level, |lv| match lv.as_str() {
+                "error" | "warn" | "info" | "debug" | "trace" => Ok(lv.clone()),
+                other => Err(format!("unknown level {other:?}; expected error, warn, info, debug or trace")),
+            })
+            .unwrap_or_else(|| "info".to_string());
+        LogConfig { access, level }
+    }
+}
+
+fn upstream_defaults(url: Uri) -> UpstreamConfig {
+    let host = url.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+    UpstreamConfig {
+        url,
+        host,
+        site_name: None,
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(120),
+    }
+}
+
+/// toml reports unknown keys as "unknown field `x`, expected one of …".
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_string())
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `"30s"`, `"10m"`, `"1h 30m"`, `"250ms"` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"30s\", \"10m\", \"250ms\""))
+}
+
+/// `"N/sec"`, `"N/min"`, `"N/hour"` (also `s`, `second`, `m`, `minute`, `h`, `day`),
+/// optionally with an explicit burst: `"100/min burst 20"`.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let err = || format!("invalid rate {s:?}; use \"N/sec\", \"N/min\" or \"N/hour\" (optionally \"… burst B\")");
+    let (rate, burst) = match s.split_once(" burst ") {
+        Some((r, b)) => (r.trim(), Some(b.trim().parse::<u32>().map_err(|_| err())?)),
+        None => (s.trim(), None),
+    };
+    let (count, unit) = rate.split_once('/').ok_or_else(err)?;
+    let count: u32 = count.trim().parse().map_err(|_| err())?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        "d" | "day" => Duration::from_secs(86_400),
+        _ => return Err(err()),
+    };
+    if count == 0 || burst == Some(0) {
+        return Err(format!("invalid rate {s:?}: count and burst must be at least 1 (use auth = \"deny\" to block)"));
+    }
+    Ok(Rate { count, per, burst: burst.unwrap_or(count) })
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (`/32`, `/128`).
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let t = s.trim();
+    t.parse::<IpNet>()
+        .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("invalid CIDR {s:?}; use e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"203.0.113.7\""))
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("invalid listen address {s:?}; use e.g. \"0.0.0.0:8443\" or \"[::]:8443\""))
+}
+
+fn parse_http_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|_| format!("invalid URL {s:?}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => {}
+        _ => return Err(format!("invalid URL {s:?}: expected http://host[:port] or https://host[:port]")),
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("URL {s:?} must not have a path; use a [[route]] for path prefixes"));
+    }
+    Ok(uri)
+}
+
+fn parse_host(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.parse::<http::uri::Authority>().is_ok();
+    if ok { Ok(s.to_string()) } else { Err(format!("invalid host name {s:?}")) }
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    let up = s.trim().to_ascii_uppercase();
+    match up.as_str() {
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
+            Method::from_bytes(up.as_bytes()).map_err(|e| e.to_string())
+        }
+        _ => Err(format!("unknown HTTP method {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_none(_: &str) -> Option<String> {
+        None
+    }
+
+    fn check(src: &str) -> Result<Config, ConfigError> {
+        parse(src, "gateway.toml", &env_none)
+    }
+
+    const MIN: &str = "[upstream]\nurl = \"http://127.0.0.1:8000\"\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = check(MIN).unwrap();
+        assert_eq!(c.server.max_body_bytes, 26_214_400);
+        assert_eq!(c.upstream.host, "127.0.0.1:8000");
+        assert_eq!(c.auth.user_header.as_str(), "x-frappe-user");
+        assert_eq!(c.frappe.url, c.upstream.url);
+        assert!(c.frappe.sync_token.is_none());
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let src = format!("{MIN}[server]\nheader_read_timeout = \"ten\"\n[network]\nallow = [\"10.0.0.0/33\"]\n");
+        let e = check(&src).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("line 4: server.header_read_timeout"), "{text}");
+        assert!(text.contains("line 6: network.allow[0]"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line() {
+        let e = check(&format!("{MIN}[server]\nlisten_port = 1\n")).unwrap_err();
+        assert_eq!(e.issues[0].key, "listen_port");
+        assert_eq!(e.issues[0].line, 4);
+    }
+
+    #[test]
+    fn bad_rate_and_auth_mode() {
+        let src = format!("{MIN}[[route]]\npath = \"/api/\"\nauth = \"tokne\"\nper_ip = \"10/fortnight\"\n");
+        let e = check(&src).unwrap_err();
+        let keys: Vec<_> = e.issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert!(keys.contains(&("route[0].auth", 5)), "{keys:?}");
+        assert!(keys.contains(&("route[0].per_ip", 6)), "{keys:?}");
+    }
+
+    #[test]
+    fn redis_backend_requires_its_env_var() {
+        let src = format!("{MIN}[rate_limit]\nbackend = \"redis\"\nredis_url_env = \"FGW_NOPE\"\n");
+        let e = check(&src).unwrap_err();
+        assert_eq!(e.issues[0].key, "rate_limit.redis_url_env");
+        assert_eq!(e.issues[0].line, 5);
+        assert!(e.issues[0].message.contains("FGW_NOPE is not set"));
+    }
+
+    #[test]
+    fn rates_parse_with_burst() {
+        let r = parse_rate("60/min").unwrap();
+        assert_eq!((r.count, r.per, r.burst), (60, Duration::from_secs(60), 60));
+        assert_eq!(parse_rate("10/sec burst 3").unwrap().burst, 3);
+        assert!(parse_rate("0/min").is_err());
+        assert!(parse_rate("ten/min").is_err());
+    }
+
+    #[test]
+    fn routes_sorted_longest_first() {
+        let src = format!("{MIN}[[route]]\npath = \"/api/\"\nauth = \"token\"\n[[route]]\npath = \"/api/method/login\"\nauth = \"public\"\n");
+        let c = check(&src).unwrap();
+        assert_eq!(c.routes[0].path, "/api/method/login");
+    }
+
+    #[test]
+    fn sync_token_is_redacted_and_checked() {
+        let env = |n: &str| (n == "GATEWAY_SYNC_TOKEN").then(|| "abc:def".to_string());
+        let c = parse(MIN, "g.toml", &env).unwrap();
+        assert_eq!(format!("{:?}", c.frappe.sync_token), "Some(\"<redacted>\")");
+        let bad = |n: &str| (n == "GATEWAY_SYNC_TOKEN").then(|| "nocolon".to_string());
+        let e = parse(MIN, "g.toml", &bad).unwrap_err();
+        assert!(!e.to_string().contains("nocolon"));
+    }
+}

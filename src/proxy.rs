@@ -1,0 +1,360 @@
+//! Forwarding: the pooled upstream client, header hygiene (strip hop-by-hop and every header a
+//! client could claim identity with, then inject the trusted ones), streamed bodies with a size
+//! cap, and WebSocket tunnels.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::error::{ErrorKind, GatewayError};
+
+/// Headers a client could use to claim an identity, a site or a file path: removed from every
+/// request on every route (FRAPPE.md §7), before the gateway sets its own.
+const SPOOFABLE: [&str; 8] = [
+    "remote-addr",
+    "frappe-authorization-source",
+    "x-use-x-accel-redirect",
+    "x-frappe-site-name",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// RFC 9110 §7.6.1 connection-specific headers (plus legacy ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Where and how one request goes upstream.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    timeout: Duration,
+}
+
+/// Per-request facts the forwarder injects.
+pub struct ForwardInfo<'a> {
+    pub base: &'a Uri,
+    pub host: &'a HeaderValue,
+    pub site_name: Option<&'a HeaderValue>,
+    pub client_ip: IpAddr,
+    pub proto: &'static str,
+    pub request_id: &'a HeaderValue,
+    /// `(auth.user_header, user)` for authenticated requests.
+    pub user: Option<(&'a HeaderName, &'a str)>,
+}
+
+impl Upstream {
+    /// A keep-alive pool shared by all requests; `connect_timeout` bounds each new connection.
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(50))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Upstream { client, timeout }
+    }
+
+    /// Sends `req` upstream and returns the response head; the body streams afterwards.
+    /// Refused / reset → 502, no response head within `upstream.timeout` → 504, and a body
+    /// that outgrew its cap while streaming → 413.
+    pub async fn send(&self, req: Request<ProxyBody>, stats: &BodyStats) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) if stats.too_large.load(Ordering::Relaxed) => Err(body_too_large()),
+            Ok(Err(e)) => Err(upstream_failed(&e)),
+            Err(_) => Err(GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
+                .with_reason(format!("no response within {}", humantime::format_duration(self.timeout)))),
+        }
+    }
+}
+
+fn upstream_failed(e: &hyper_util::client::legacy::Error) -> GatewayError {
+    let reason = if e.is_connect() {
+        format!("upstream connect failed: {}", error_chain(e))
+    } else {
+        format!("upstream request failed: {}", error_chain(e))
+    };
+    GatewayError::new(ErrorKind::BadGateway, "upstream is unavailable").with_reason(reason)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+pub fn body_too_large() -> GatewayError {
+    GatewayError::new(ErrorKind::PayloadTooLarge, "request body is larger than the gateway allows")
+}
+
+/// Turns the client's request into the upstream request: hop-by-hop and spoofable headers
+/// out, the trusted ones in, URI pointed at the upstream. `keep_upgrade` keeps a WebSocket
+/// handshake's `Upgrade` / `Connection: upgrade`.
+pub fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
+    let upgrade = is_upgrade(req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
+    let original_host = original_host(req);
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    for name in SPOOFABLE {
+        headers.remove(name);
+    }
+    headers.remove("forwarded");
+    if let Some((name, user)) = info.user {
+        match HeaderValue::from_str(user) {
+            Ok(v) => headers.insert(name.clone(), v),
+            Err(_) => headers.remove(name),
+        };
+    }
+    headers.insert(header::HOST, info.host.clone());
+    if let Some(site) = info.site_name {
+        headers.insert("x-frappe-site-name", site.clone());
+    }
+    headers.insert("x-forwarded-for", ip_header(info.client_ip));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(info.proto));
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    headers.insert(X_REQUEST_ID, info.request_id.clone());
+    if let Some(proto) = upgrade {
+        headers.insert(header::UPGRADE, proto);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    *req.uri_mut() = upstream_uri(info.base, req.uri());
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Removes the user header a client may have sent (every route, before anything else reads it).
+pub fn strip_user_header<B>(req: &mut Request<B>, user_header: &HeaderName) {
+    while req.headers_mut().remove(user_header).is_some() {}
+}
+
+/// Cleans the upstream response for the client: hop-by-hop headers out (Frappe's gunicorn
+/// says `Connection: close`, which must not close the client's connection).
+pub fn prepare_response<B>(resp: &mut Response<B>, request_id: &HeaderValue) {
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_by_hop(resp.headers_mut());
+    }
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1).
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// A WebSocket (or other HTTP/1.1) upgrade handshake.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(host) = req.headers().get(header::HOST) {
+        return Some(host.clone());
+    }
+    req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+}
+
+fn upstream_uri(base: &Uri, original: &Uri) -> Uri {
+    let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+}
+
+/// Tunnels an upgraded connection (WebSocket) between client and upstream until either closes.
+pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+            tracing::debug!("upgrade failed on one side");
+            return;
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+}
+
+/// Counters a request body updates while it streams upstream.
+#[derive(Default)]
+pub struct BodyStats {
+    pub bytes: AtomicU64,
+    pub too_large: AtomicBool,
+}
+
+/// The client's request body on its way upstream: streamed frame by frame, counted, and cut
+/// off with an error once it passes `max_body_bytes` (a chunked body has no length up front).
+pub struct ProxyBody {
+    inner: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+    stats: Arc<BodyStats>,
+}
+
+impl ProxyBody {
+    pub fn new(inner: Incoming, limit: u64, stats: Arc<BodyStats>) -> Self {
+        ProxyBody { inner: Some(inner), limit, seen: 0, stats }
+    }
+
+    pub fn empty(stats: Arc<BodyStats>) -> Self {
+        ProxyBody { inner: None, limit: 0, seen: 0, stats }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyBodyError {
+    #[error("request body exceeds the configured limit")]
+    TooLarge,
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = ProxyBodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    this.stats.bytes.store(this.seen, Ordering::Relaxed);
+                    if this.seen > this.limit {
+                        this.stats.too_large.store(true, Ordering::Relaxed);
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(ProxyBodyError::TooLarge)));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            other => other.map_err(ProxyBodyError::Client),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info<'a>(base: &'a Uri, host: &'a HeaderValue, rid: &'a HeaderValue, user: Option<(&'a HeaderName, &'a str)>) -> ForwardInfo<'a> {
+        ForwardInfo { base, host, site_name: None, client_ip: "203.0.113.9".parse().unwrap(), proto: "https", request_id: rid, user }
+    }
+
+    #[test]
+    fn spoofed_and_hop_by_hop_headers_are_replaced() {
+        let mut req = Request::builder()
+            .uri("/api/resource/ToDo?limit=1")
+            .header("host", "api.example.com")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("remote-addr", "1.2.3.4")
+            .header("frappe-authorization-source", "User")
+            .header("connection", "keep-alive, x-secret-hop")
+            .header("x-secret-hop", "1")
+            .header("te", "trailers")
+            .header("x-frappe-user", "Administrator")
+            .body(())
+            .unwrap();
+        let base: Uri = "http://127.0.0.1:8000".parse().unwrap();
+        let host = HeaderValue::from_static("erp.example.com");
+        let rid = HeaderValue::from_static("rid");
+        let user_header = HeaderName::from_static("x-frappe-user");
+        strip_user_header(&mut req, &user_header);
+        prepare(&mut req, &info(&base, &host, &rid, Some((&user_header, "api@example.com"))));
+        let h = req.headers();
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(h["host"], "erp.example.com");
+        assert_eq!(h["x-frappe-user"], "api@example.com");
+        for gone in ["remote-addr", "frappe-authorization-source", "connection", "x-secret-hop", "te"] {
+            assert!(!h.contains_key(gone), "{gone} should be stripped");
+        }
+        assert_eq!(req.uri(), "http://127.0.0.1:8000/api/resource/ToDo?limit=1");
+    }
+
+    #[test]
+    fn websocket_handshake_keeps_upgrade() {
+        let mut req = Request::builder()
+            .uri("/socket.io/?EIO=4")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        let base: Uri = "http://127.0.0.1:8000".parse().unwrap();
+        let host = HeaderValue::from_static("erp");
+        let rid = HeaderValue::from_static("rid");
+        prepare(&mut req, &info(&base, &host, &rid, None));
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.headers()["connection"], "upgrade");
+    }
+}

@@ -1,0 +1,154 @@
+//! Listeners: bind (returning the real addresses, so tests can bind port 0), the accept loop
+//! with its connection cap, TLS handshakes, HTTP/1.1 + HTTP/2 serving, graceful drain.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ServerConfig;
+use crate::pipeline::{self, ConnInfo};
+use crate::state::AppState;
+
+/// `true` once shutdown has begun.
+pub type ShutdownSignal = watch::Receiver<bool>;
+
+/// Binds a TCP listener; the returned listener knows its real address (port 0 → ephemeral).
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
+/// Accepts and serves proxy connections until shutdown, then lets in-flight requests finish
+/// for at most `shutdown_grace`. At `max_connections` further clients wait in the kernel's
+/// accept queue instead of being accepted.
+pub async fn serve_proxy(listener: TcpListener, state: Arc<AppState>, tls: Option<TlsAcceptor>, mut shutdown: ShutdownSignal) {
+    let server = &state.config.server;
+    let slots = Arc::new(Semaphore::new(server.max_connections));
+    let http = Arc::new(http_builder(server));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the loop goes on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (state, tls, http, shutdown) = (state.clone(), tls.clone(), http.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, peer, state, tls, http, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    drain(&slots, server.max_connections, server.shutdown_grace).await;
+}
+
+/// Waits until every connection has returned its slot, or the grace period ends.
+async fn drain(slots: &Semaphore, total: usize, grace: Duration) {
+    let all = u32::try_from(total).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!(grace = %humantime::format_duration(grace), "grace period over; closing remaining connections");
+    }
+}
+
+fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(true)
+        // Our own 431 (JSON, logged) fires at max_header_bytes; hyper's bare one only far above.
+        .max_buf_size((server.max_header_bytes * 2).max(64 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes * 2).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(server.idle_timeout / 2)
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: ShutdownSignal,
+) {
+    let _ = stream.set_nodelay(true);
+    let peer_ip = canonical_ip(peer.ip());
+    let Some(tls) = tls else {
+        let info = Arc::new(ConnInfo { peer: peer_ip, tls: None });
+        return serve_io(stream, info, state, http, shutdown).await;
+    };
+    let handshake = tokio::time::timeout(state.config.server.header_read_timeout, tls.accept(stream));
+    match handshake.await {
+        Ok(Ok(stream)) => {
+            let version = crate::tls::version_name(stream.get_ref().1.protocol_version());
+            let info = Arc::new(ConnInfo { peer: peer_ip, tls: version });
+            serve_io(stream, info, state, http, shutdown).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_io<I>(io: I, info: Arc<ConnInfo>, state: Arc<AppState>, http: Arc<auto::Builder<TokioExecutor>>, mut shutdown: ShutdownSignal)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| pipeline::handle(state.clone(), info.clone(), req));
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack sockets) are treated as the IPv4 address they are.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub fn termination_signal() -> impl Future<Output = ()> {
+    async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; draining"),
+            _ = int.recv() => tracing::info!("SIGINT received; draining"),
+        }
+    }
+}
