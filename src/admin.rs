@@ -20,6 +20,9 @@ use crate::state::AppState;
 
 type AdminResponse = Response<Full<Bytes>>;
 
+/// A readiness probe must answer quickly even when the upstream hangs.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serves admin requests until shutdown.
 pub async fn serve_admin(listener: TcpListener, state: Arc<AppState>, mut shutdown: ShutdownSignal) {
     loop {
@@ -71,7 +74,10 @@ async fn probe_upstream(state: &AppState) -> Result<u16, String> {
     if let Ok(host) = HeaderValue::from_str(&state.config.upstream.host) {
         req.headers_mut().insert(HOST, host);
     }
-    let response = state.upstream.send(req, &stats).await.map_err(|e| e.reason.to_string())?;
+    let response = tokio::time::timeout(PROBE_TIMEOUT, state.upstream.send(req, &stats))
+        .await
+        .map_err(|_| format!("upstream did not answer within {PROBE_TIMEOUT:?}"))?
+        .map_err(|e| e.reason.to_string())?;
     let status = response.status().as_u16();
     if status >= 500 {
         return Err(format!("upstream answered {status}"));

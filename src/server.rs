@@ -3,16 +3,19 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -116,19 +119,107 @@ async fn serve_connection(
     }
 }
 
+/// Serves one connection until it closes, it has been silent for `idle_timeout`, or
+/// shutdown begins; the last two close it gracefully (in-flight requests finish first).
 async fn serve_io<I>(io: I, info: Arc<ConnInfo>, state: Arc<AppState>, http: Arc<auto::Builder<TokioExecutor>>, mut shutdown: ShutdownSignal)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let idle_timeout = state.config.server.idle_timeout;
+    let (io, activity) = ActivityIo::new(io);
     let service = service_fn(move |req: Request<Incoming>| pipeline::handle(state.clone(), info.clone(), req));
     let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+        _ = conn.as_mut() => return,
+        _ = shutdown.changed() => {}
+        _ = activity.idle_for(idle_timeout) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+pin_project_lite::pin_project! {
+    /// An I/O stream that remembers when bytes last moved, for the idle timeout.
+    struct ActivityIo<I> {
+        #[pin]
+        inner: I,
+        activity: Arc<Activity>,
+    }
+}
+
+/// Milliseconds since the connection started at which bytes last moved.
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.started.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
         }
+    }
+}
+
+impl<I> ActivityIo<I> {
+    fn new(inner: I) -> (Self, Arc<Activity>) {
+        let activity = Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0) });
+        (ActivityIo { inner, activity: activity.clone() }, activity)
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for ActivityIo<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for ActivityIo<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 
