@@ -53,6 +53,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<AdminResp
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&state).await,
+        (&Method::GET, "/metrics") => metrics(&state),
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
     };
     Ok(response)
@@ -83,6 +84,18 @@ async fn probe_upstream(state: &AppState) -> Result<u16, String> {
         return Err(format!("upstream answered {status}"));
     }
     Ok(status)
+}
+
+/// Prometheus text format; gauges that mirror other components are refreshed first.
+fn metrics(state: &AppState) -> AdminResponse {
+    let m = &state.metrics;
+    m.access_log_dropped.set(i64::try_from(state.access_log.dropped()).unwrap_or(i64::MAX));
+    let mut response = Response::new(Full::new(Bytes::from(m.encode())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 fn with_trailing_slash(url: &str) -> String {

@@ -27,7 +27,7 @@ pub async fn handle(state: Arc<AppState>, conn: Arc<ConnInfo>, req: Request<Inco
     let client_ip = conn.peer;
     let request_id = state.request_ids.next();
     let request_id_header = HeaderValue::from_str(&request_id).expect("hex request id");
-    let mut log = RequestLog::begin(&state.access_log, &req, request_id, client_ip);
+    let mut log = RequestLog::begin(&state.access_log, &state.metrics, &req, request_id, client_ip);
     log.tls = conn.tls;
 
     let mut response = match process(&state, &mut log, &request_id_header, req).await {

@@ -12,6 +12,7 @@ use http::{Method, Uri, Version};
 
 use crate::access_log::{loggable_path, timestamp, AccessLog, AccessRecord};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::proxy::BodyStats;
 
 /// Status logged for a request whose client went away before it was answered.
@@ -19,6 +20,7 @@ const CLIENT_CLOSED: u16 = 499;
 
 pub struct RequestLog {
     sink: AccessLog,
+    metrics: Arc<Metrics>,
     started: Instant,
     wall: SystemTime,
     pub request_id: Arc<str>,
@@ -43,9 +45,16 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
-    pub fn begin<B>(sink: &AccessLog, req: &http::Request<B>, request_id: Arc<str>, client_ip: IpAddr) -> Self {
+    pub fn begin<B>(
+        sink: &AccessLog,
+        metrics: &Arc<Metrics>,
+        req: &http::Request<B>,
+        request_id: Arc<str>,
+        client_ip: IpAddr,
+    ) -> Self {
         RequestLog {
             sink: sink.clone(),
+            metrics: metrics.clone(),
             started: Instant::now(),
             wall: SystemTime::now(),
             request_id,
@@ -108,6 +117,10 @@ impl RequestLog {
 impl Drop for RequestLog {
     fn drop(&mut self) {
         let record = self.record();
+        self.metrics.record_request(record.decision, record.status, self.started.elapsed());
+        if let Some(outcome) = record.auth {
+            self.metrics.record_auth(outcome);
+        }
         self.sink.log(&record);
     }
 }

@@ -8,6 +8,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::Uri;
 
 use crate::access_log::AccessLog;
+use crate::metrics::Metrics;
 use crate::config::{AuthMode, Config, Rate, Route};
 use crate::proxy::Upstream;
 
@@ -113,6 +114,7 @@ pub struct AppState {
     pub routes: RouteTable,
     pub upstream: Upstream,
     pub access_log: AccessLog,
+    pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
     pub user_header: HeaderName,
     /// `https` when TLS is terminated here.
@@ -132,6 +134,7 @@ impl AppState {
             routes,
             upstream,
             access_log,
+            metrics: Arc::new(Metrics::new()),
             request_ids: RequestIds::new(),
             user_header: config.auth.user_header.clone(),
             proto: if config.server.tls.is_some() { "https" } else { "http" },
