@@ -1,0 +1,47 @@
+//! Shared integration-test harness: a fake Frappe upstream, test certificates, the gateway
+//! process, HTTP clients and a few process helpers. Every test file does `mod common;`.
+//!
+//! Everything binds 127.0.0.1 port 0 and is torn down on `Drop`, so tests run in parallel.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod client;
+pub mod config;
+pub mod fake_frappe;
+pub mod gateway;
+pub mod process;
+pub mod transcript;
+
+#[allow(unused_imports)] // each test crate uses a different subset
+pub use certs::Certs;
+#[allow(unused_imports)]
+pub use client::{
+    http_client, https_client, https_client_builder, read_response_head, tcp_connect, tls_client_config,
+    tls_connect, try_tls_connect, HttpVersion,
+};
+#[allow(unused_imports)]
+pub use config::{config_for, toml_str, ConfigBuilder};
+#[allow(unused_imports)]
+pub use fake_frappe::{
+    download_bytes, expected_download_sha256, FakeFrappe, RecordedRequest, UsersMode, WhoamiMode,
+};
+#[allow(unused_imports)]
+pub use gateway::{
+    all_test_logs, log_field, log_message, read_json_lines, test_log_dir, write_temp_config, Gateway, Signal,
+    StartFailure,
+};
+#[allow(unused_imports)]
+pub use process::rss_kib;
+
+use base64::Engine as _;
+
+/// `token KEY:SECRET`, the header value Frappe documents for API keys.
+pub fn token_header(api_key: &str, api_secret: &str) -> String {
+    format!("token {api_key}:{api_secret}")
+}
+
+/// `Basic base64(KEY:SECRET)`: Frappe reads Basic credentials as api_key:api_secret.
+pub fn basic_header(api_key: &str, api_secret: &str) -> String {
+    let raw = format!("{api_key}:{api_secret}");
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+}
