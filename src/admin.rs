@@ -1,5 +1,5 @@
-//! The admin listener (loopback by default): `/healthz`, `/readyz`, and later metrics and
-//! Frappe webhooks. Plain HTTP/1.1; never exposed on the proxy port.
+//! The admin listener (loopback by default): `/healthz`, `/readyz`, `/metrics` and the Frappe
+//! webhook receiver `POST /hooks/frappe`. Plain HTTP/1.1; never served on the proxy port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,12 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::auth;
 use crate::proxy::{BodyStats, ProxyBody};
 use crate::server::ShutdownSignal;
 use crate::state::AppState;
@@ -54,17 +55,83 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<AdminResp
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&state).await,
         (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::POST, "/hooks/frappe") => webhook(&state, req).await,
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
     };
     Ok(response)
 }
 
-/// 200 only when the upstream answers; 503 with the reason otherwise.
+/// 200 only when the upstream answers and, with a sync token, the last good user sync is
+/// recent (within three intervals, at least 90 s); 503 with the reason otherwise. The body
+/// also reports the sync age and whether Redis limits fell back to local ones.
 async fn readiness(state: &AppState) -> AdminResponse {
-    match probe_upstream(state).await {
-        Ok(status) => json(StatusCode::OK, serde_json::json!({ "status": "ready", "upstream_status": status })),
-        Err(reason) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "not ready", "reason": reason })),
+    let upstream = probe_upstream(state).await;
+    let sync = sync_report(state);
+    let degraded = state.limits.limiter.is_degraded();
+    let mut reasons = Vec::new();
+    if let Err(reason) = &upstream {
+        reasons.push(format!("upstream: {reason}"));
     }
+    if let Some((false, report)) = &sync {
+        reasons.push(format!("user sync stale: {}", report["last_error"].as_str().unwrap_or("no successful sync yet")));
+    }
+    let body = serde_json::json!({
+        "status": if reasons.is_empty() { "ready" } else { "not ready" },
+        "reason": (!reasons.is_empty()).then(|| reasons.join("; ")),
+        "upstream_status": upstream.as_ref().ok(),
+        "sync": sync.map(|(_, report)| report),
+        "rate_limit": { "backend": state.limits.limiter.backend_name(), "degraded_to_local": degraded },
+        "credential_cache_entries": state.auth.store.len(),
+    });
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, body)
+}
+
+/// `(fresh, details)` of the user sync, `None` without a sync token.
+fn sync_report(state: &AppState) -> Option<(bool, serde_json::Value)> {
+    let status = state.auth.sync_status.as_ref()?;
+    let max_age = (state.config.frappe.sync_interval * 3).max(Duration::from_secs(90));
+    let report = status.report();
+    let details = serde_json::json!({
+        "last_success_age_seconds": report.last_success_age.map(|a| a.as_secs_f64()),
+        "last_error": report.last_error,
+        "consecutive_failures": report.consecutive_failures,
+        "users": report.users,
+    });
+    Some((status.is_fresh(max_age), details))
+}
+
+/// Largest webhook body accepted (a User document is a few KiB).
+const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
+
+/// `POST /hooks/frappe`: a Frappe Webhook on DocType User (on_update, on_trash). The
+/// signature (`X-Frappe-Webhook-Signature`, HMAC-SHA256 of the raw body) is checked in
+/// constant time; the user's cached credentials are dropped at once, on every instance (Redis),
+/// and the user's record is re-read from Frappe.
+async fn webhook(state: &AppState, req: Request<Incoming>) -> AdminResponse {
+    let Some(secret) = &state.config.frappe.webhook_secret else {
+        tracing::warn!("webhook refused: frappe.webhook_secret_env is not set");
+        return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": "webhook receiver disabled: set frappe.webhook_secret_env" }));
+    };
+    let signature = req.headers().get("x-frappe-webhook-signature").cloned();
+    let body = match Limited::new(req.into_body(), MAX_WEBHOOK_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": "webhook body too large or unreadable" })),
+    };
+    if !auth::webhook::verify_signature(secret, &body, signature.as_ref()) {
+        tracing::warn!(signature_present = signature.is_some(), "webhook refused: bad or missing signature");
+        return json(StatusCode::UNAUTHORIZED, serde_json::json!({ "error": "bad or missing X-Frappe-Webhook-Signature" }));
+    }
+    let Some(user) = auth::webhook::parse_user_name(&body) else {
+        tracing::warn!("webhook refused: no user name in the body");
+        return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "expected a JSON body with the User's name, e.g. {\"name\": \"{{doc.name}}\"}" }));
+    };
+    let sync_token = state.config.frappe.sync_token.as_ref();
+    let refreshed = auth::webhook::handle_user_event(&state.auth.store, state.auth.frappe.as_ref(), sync_token, &user).await;
+    if let Some(bus) = &state.limits.revocations {
+        bus.publish(&user).await;
+    }
+    json(StatusCode::OK, serde_json::json!({ "revoked": user, "refreshed": refreshed.is_ok() && sync_token.is_some() }))
 }
 
 /// `GET /api/method/ping` on the upstream: any answer below 500 means Frappe is serving.
@@ -90,6 +157,10 @@ async fn probe_upstream(state: &AppState) -> Result<u16, String> {
 fn metrics(state: &AppState) -> AdminResponse {
     let m = &state.metrics;
     m.access_log_dropped.set(i64::try_from(state.access_log.dropped()).unwrap_or(i64::MAX));
+    m.cache_entries.set(i64::try_from(state.auth.store.len()).unwrap_or(i64::MAX));
+    m.redis_degraded.set(i64::from(state.limits.limiter.is_degraded()));
+    let sync_age = state.auth.sync_status.as_ref().and_then(|s| s.report().last_success_age);
+    m.sync_age_seconds.set(sync_age.map_or(-1, |a| i64::try_from(a.as_secs()).unwrap_or(i64::MAX)));
     let mut response = Response::new(Full::new(Bytes::from(m.encode())));
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -9,7 +9,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::access_log::AccessLog;
 use crate::config::{Config, TlsFiles};
 use crate::state::AppState;
-use crate::{admin, server, tls};
+use crate::{admin, auth, server, tls};
 
 /// Why the gateway did not start (or stopped with an error).
 #[derive(Debug)]
@@ -26,8 +26,10 @@ impl From<anyhow::Error> for StartError {
     }
 }
 
-/// JSON application logs on stderr; `RUST_LOG` overrides `log.level`.
-pub fn init_logging(level: &str) {
+/// JSON application logs on stderr, written by a background thread; `RUST_LOG` overrides
+/// `log.level`. Keep the returned guard alive: dropping it flushes the last lines.
+pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn")));
     tracing_subscriber::fmt()
@@ -35,8 +37,9 @@ pub fn init_logging(level: &str) {
         .flatten_event(true)
         .with_current_span(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
+    guard
 }
 
 /// Runs until SIGTERM / SIGINT, then drains in-flight requests and returns.
@@ -50,7 +53,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::Runtime(anyhow::anyhow!("cannot open access log {:?}: {e}", config.log.access)))?;
     let proxy_listener = server::bind(config.server.listen, "server.listen").await?;
     let admin_listener = server::bind(config.admin.listen, "admin.listen").await?;
-    let state = Arc::new(AppState::new(config, access_log)?);
+    let state = Arc::new(AppState::new(config, access_log).await?);
 
     tracing::info!(
         proxy_addr = %proxy_listener.local_addr().map_err(anyhow::Error::from)?,
@@ -61,6 +64,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    start_background_tasks(&state, &stop_rx);
     let admin_task = tokio::spawn(admin::serve_admin(admin_listener, state.clone(), stop_rx.clone()));
     let proxy_task = tokio::spawn(server::serve_proxy(proxy_listener, state.clone(), acceptor, stop_rx));
 
@@ -70,6 +74,41 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     admin_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Credential sync (when a sync token is set) and the cross-instance revocation subscriber
+/// (on the Redis backend). Both stop when `stop` turns true.
+fn start_background_tasks(state: &Arc<AppState>, stop: &watch::Receiver<bool>) {
+    let frappe = &state.config.frappe;
+    match (&frappe.sync_token, &state.auth.sync_status) {
+        (Some(token), Some(status)) => {
+            auth::spawn_sync(
+                state.auth.store.clone(),
+                state.auth.frappe.clone(),
+                token.clone(),
+                frappe.sync_interval,
+                status.clone(),
+                stop.clone(),
+            );
+        }
+        _ => tracing::warn!(
+            "no sync token (frappe.sync_token_env is unset): disabled users and regenerated keys are only \
+             noticed when cached credentials expire (auth.cache_ttl) or a webhook arrives"
+        ),
+    }
+    if frappe.webhook_secret.is_none() {
+        tracing::warn!("no webhook secret (frappe.webhook_secret_env is unset): POST /hooks/frappe is disabled");
+    }
+    if let Some(bus) = &state.limits.revocations {
+        let store = state.auth.store.clone();
+        bus.spawn_subscriber(
+            move |user| {
+                store.revoke_user(user);
+                tracing::info!(user, "revocation from another instance applied");
+            },
+            stop.clone(),
+        );
+    }
 }
 
 /// Loads the configured certificate, or — when the files are missing and the operator opted

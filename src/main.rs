@@ -80,7 +80,7 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    app::init_logging(&config.log.level);
+    let _log_guard = app::init_logging(&config.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

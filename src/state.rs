@@ -3,13 +3,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use http::header::{HeaderName, HeaderValue};
-use http::Uri;
+use http::{Method, Uri};
 
 use crate::access_log::AccessLog;
+use crate::auth::{CredentialStore, FrappeClient, SyncStatus};
+use crate::config::{AuthMode, Config, Rate, Route, UserPolicy};
 use crate::metrics::Metrics;
-use crate::config::{AuthMode, Config, Rate, Route};
+use crate::policy::{ClientIpResolver, FailedAuthTracker, IpPolicy, RateLimiter, RestrictIpCache, RevocationBus};
 use crate::proxy::Upstream;
 
 /// Where a matched route sends its requests.
@@ -27,6 +31,11 @@ pub struct RouteEntry {
     pub per_ip: Option<Rate>,
     pub per_key: Option<Rate>,
     pub target: Arc<Target>,
+    /// `[[route]] allow` (open when empty).
+    pub ip_policy: IpPolicy,
+    /// Rate-limit scopes of this route's own `per_ip` / `per_key` buckets.
+    pub ip_scope: Arc<str>,
+    pub key_scope: Arc<str>,
     /// Index into `Config::routes`, `None` for the implicit catch-all.
     pub index: Option<usize>,
 }
@@ -51,6 +60,9 @@ impl RouteTable {
             per_ip: None,
             per_key: None,
             target: default_target.clone(),
+            ip_policy: IpPolicy::new("route", &[], &[]),
+            ip_scope: Arc::from("route-ip:/"),
+            key_scope: Arc::from("route-key:/"),
             index: None,
         };
         Ok(RouteTable { routes, fallback })
@@ -77,6 +89,9 @@ fn route_entry(i: usize, route: &Route, default_target: &Arc<Target>) -> Result<
         per_ip: route.per_ip,
         per_key: route.per_key,
         target,
+        ip_policy: IpPolicy::new("route", &route.allow, &[]),
+        ip_scope: Arc::from(format!("route-ip:{}", route.path)),
+        key_scope: Arc::from(format!("route-key:{}", route.path)),
         index: Some(i),
     })
 }
@@ -108,10 +123,56 @@ impl Default for RequestIds {
     }
 }
 
+/// A `[[user]]` entry, ready for per-request checks.
+pub struct UserRules {
+    pub ip_policy: IpPolicy,
+    /// Empty = any method.
+    pub methods: Vec<Method>,
+    pub per_key: Option<Rate>,
+    pub doctypes: Option<Vec<String>>,
+    pub rpc: Option<Vec<String>>,
+}
+
+impl UserRules {
+    fn new(user: &UserPolicy) -> Self {
+        UserRules {
+            ip_policy: IpPolicy::new("user", &user.allow, &[]),
+            methods: user.methods.clone(),
+            per_key: user.per_key,
+            doctypes: user.doctypes.clone(),
+            rpc: user.rpc.clone(),
+        }
+    }
+}
+
+/// Authentication and its background machinery.
+pub struct AuthState {
+    pub store: Arc<CredentialStore>,
+    pub frappe: Arc<FrappeClient>,
+    /// `Some` when a sync token is configured.
+    pub sync_status: Option<Arc<SyncStatus>>,
+    pub restrict_ip: RestrictIpCache,
+}
+
+/// Rate limits, lockouts and the cross-instance revocation bus.
+pub struct LimitState {
+    pub limiter: Arc<RateLimiter>,
+    pub failed_auth: FailedAuthTracker,
+    /// `Some` on the Redis backend.
+    pub revocations: Option<RevocationBus>,
+}
+
 /// Shared, read-mostly state of a running gateway.
 pub struct AppState {
     pub config: Config,
     pub routes: RouteTable,
+    pub client_ip: ClientIpResolver,
+    /// `network.allow` / `network.deny`.
+    pub network: IpPolicy,
+    /// `[[user]]` rules by lowercased user name.
+    pub users: HashMap<String, UserRules>,
+    pub auth: AuthState,
+    pub limits: LimitState,
     pub upstream: Upstream,
     pub access_log: AccessLog,
     pub metrics: Arc<Metrics>,
@@ -122,7 +183,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, access_log: AccessLog) -> Result<Self> {
+    /// The `[[user]]` rules for `user` (Frappe user names are case-insensitive).
+    pub fn user_rules(&self, user: &str) -> Option<&UserRules> {
+        if self.users.is_empty() {
+            return None;
+        }
+        self.users.get(&user.to_lowercase())
+    }
+
+    pub async fn new(config: Config, access_log: AccessLog) -> Result<Self> {
         let default_target = Arc::new(Target {
             base: config.upstream.url.clone(),
             host: header_value(&config.upstream.host)?,
@@ -130,8 +199,32 @@ impl AppState {
         });
         let routes = RouteTable::build(&config, &default_target)?;
         let upstream = Upstream::new(config.upstream.connect_timeout, config.upstream.timeout);
+        let frappe = Arc::new(FrappeClient::new(
+            &config.frappe.url,
+            &config.upstream.host,
+            config.upstream.site_name.as_deref(),
+            config.frappe.verify_timeout,
+        )?);
+        let auth = AuthState {
+            store: Arc::new(CredentialStore::new(&config.auth, frappe.clone())),
+            frappe,
+            sync_status: config.frappe.sync_token.as_ref().map(|_| Arc::new(SyncStatus::new())),
+            restrict_ip: RestrictIpCache::new(10_000, std::time::Duration::from_secs(600)),
+        };
+        let limiter = Arc::new(RateLimiter::from_config(&config.rate_limit).await?);
+        let limits = LimitState {
+            failed_auth: FailedAuthTracker::from_config(limiter.clone(), &config.rate_limit),
+            revocations: RevocationBus::new(&limiter),
+            limiter,
+        };
+        let users = config.users.iter().map(|u| (u.name.to_lowercase(), UserRules::new(u))).collect();
         Ok(AppState {
             routes,
+            client_ip: ClientIpResolver::new(&config.network.trusted_proxies),
+            network: IpPolicy::new("network", &config.network.allow, &config.network.deny),
+            users,
+            auth,
+            limits,
             upstream,
             access_log,
             metrics: Arc::new(Metrics::new()),

@@ -1,0 +1,337 @@
+//! What the store knows about Frappe users besides cached credentials: the state sync last
+//! reported (enabled, modified, restrict_ip, api_key) and revocation marks.
+//!
+//! A mark is the instant a user (or key) was revoked or changed; a cached credential verified
+//! at or before it is dead, whenever its verification finished. That keeps a verification that
+//! raced a revocation from bringing the credential back.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+/// One User as Frappe's REST API reports it (FRAPPE.md §4). `api_key` is kept as Frappe stores
+/// it and compared lowercased; `modified` is an opaque stamp; `restrict_ip` is the raw text
+/// (`None` when null or empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedUser {
+    pub name: Arc<str>,
+    pub enabled: bool,
+    pub api_key: Option<Arc<str>>,
+    pub modified: Arc<str>,
+    pub restrict_ip: Option<Arc<str>>,
+}
+
+impl SyncedUser {
+    /// A different key, stamp or enabled flag: cached credentials must be verified again.
+    fn differs(&self, other: &SyncedUser) -> bool {
+        self.modified != other.modified || self.enabled != other.enabled || self.api_key != other.api_key
+    }
+
+    fn normalized(&self) -> SyncedUser {
+        let mut user = self.clone();
+        if let Some(key) = &self.api_key {
+            if let Cow::Owned(lower) = lowercase_key(key) {
+                user.api_key = Some(Arc::from(lower));
+            }
+        }
+        user
+    }
+}
+
+/// ASCII-lowercased api_key, borrowed when it already is (Frappe generates lowercase hex).
+pub(crate) fn lowercase_key(key: &str) -> Cow<'_, str> {
+    if key.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(key.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+#[derive(Default)]
+struct UserRecord {
+    /// With `api_key` lowercased.
+    synced: Option<SyncedUser>,
+    revoked_at: Option<Instant>,
+    /// When a single-user refresh last set `synced`; a list fetched before that is older.
+    refreshed_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Inner {
+    users: HashMap<Arc<str>, UserRecord>,
+    /// Marks from `revoke_key`, by lowercased key.
+    revoked_keys: HashMap<Arc<str>, Instant>,
+}
+
+/// What a sync or refresh marked.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    /// Some user was marked: cached credentials may have died.
+    pub marked: bool,
+    /// The (lowercased) api_keys of marked users, before and after, without duplicates.
+    pub keys: Vec<Arc<str>>,
+}
+
+/// What the hot path needs to know about a cached credential's user.
+pub(crate) struct View {
+    /// Sync says the user is disabled.
+    pub disabled: bool,
+    /// Revoked or changed since the credential was verified, or the key is no longer the user's.
+    pub revoked: bool,
+    pub restrict_ip: Option<Arc<str>>,
+}
+
+/// Synced user state and revocation marks behind one short-held lock (never across an await).
+pub(crate) struct Directory {
+    inner: RwLock<Inner>,
+    /// Bumped by every mark, so verifications that began before it are not shared after it.
+    epoch: AtomicU64,
+    /// A mark older than this cannot outlive any cached credential it applies to.
+    keep_marks: Duration,
+}
+
+impl Directory {
+    pub(crate) fn new(keep_marks: Duration) -> Self {
+        Directory { inner: RwLock::default(), epoch: AtomicU64::new(0), keep_marks }
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// The state that applies to a credential of `user` verified at `verified_at`. `api_key`
+    /// (lowercased) is `None` for bearer tokens.
+    pub(crate) fn view(&self, user: &str, api_key: Option<&str>, verified_at: Instant) -> View {
+        let inner = self.read();
+        let key_revoked =
+            api_key.and_then(|k| inner.revoked_keys.get(k)).is_some_and(|at| *at >= verified_at);
+        let Some(record) = inner.users.get(user) else {
+            return View { disabled: false, revoked: key_revoked, restrict_ip: None };
+        };
+        let user_revoked = record.revoked_at.is_some_and(|at| at >= verified_at);
+        let synced = record.synced.as_ref();
+        let key_moved = match (synced, api_key) {
+            (Some(s), Some(key)) => s.api_key.as_deref() != Some(key),
+            _ => false,
+        };
+        View {
+            disabled: synced.is_some_and(|s| !s.enabled),
+            revoked: key_revoked || user_revoked || key_moved,
+            restrict_ip: synced.and_then(|s| s.restrict_ip.clone()),
+        }
+    }
+
+    /// Marks `user` revoked at `now` (every credential verified before is dead).
+    pub(crate) fn mark_user(&self, user: &str, now: Instant) {
+        let mut inner = self.write();
+        inner.users.entry(Arc::from(user)).or_default().revoked_at = Some(now);
+        self.bump();
+    }
+
+    /// Marks one (lowercased) api_key revoked at `now`.
+    pub(crate) fn mark_key(&self, key: &str, now: Instant) {
+        self.write().revoked_keys.insert(Arc::from(key), now);
+        self.bump();
+    }
+
+    /// Replaces the synced state with a full list whose fetch began at `fetched_from`. A user
+    /// that is new, changed or gone is marked; a user refreshed one by one after
+    /// `fetched_from` keeps that newer record.
+    pub(crate) fn replace(&self, users: &[SyncedUser], now: Instant, fetched_from: Instant) -> Changes {
+        let mut inner = self.write();
+        let mut old = std::mem::take(&mut inner.users);
+        let mut next = HashMap::with_capacity(users.len());
+        let mut changes = Changes::default();
+        let newer = |r: &UserRecord| r.refreshed_at.is_some_and(|at| at >= fetched_from);
+        for user in users {
+            let user = user.normalized();
+            let prev = old.remove(&user.name).unwrap_or_default();
+            let record =
+                if newer(&prev) { prev } else { self.merge(prev, Some(user.clone()), now, &mut changes) };
+            next.insert(user.name.clone(), record);
+        }
+        for (name, prev) in old {
+            let gone = prev.synced.is_some() && !newer(&prev);
+            let record = if gone { self.merge(prev, None, now, &mut changes) } else { prev };
+            if record.synced.is_some() || record.revoked_at.is_some() {
+                next.insert(name, record);
+            }
+        }
+        inner.users = next;
+        self.prune(&mut inner, now);
+        self.finish(changes)
+    }
+
+    /// Sets (or, with `None`, forgets) one user's synced state, marking it when it changed.
+    pub(crate) fn update(&self, name: &str, user: Option<&SyncedUser>, now: Instant) -> Changes {
+        let mut inner = self.write();
+        let user = user.map(SyncedUser::normalized);
+        let key: Arc<str> = user.as_ref().map_or_else(|| Arc::from(name), |u| u.name.clone());
+        let prev = inner.users.remove(&key).unwrap_or_default();
+        let mut changes = Changes::default();
+        let mut record = self.merge(prev, user, now, &mut changes);
+        record.refreshed_at = Some(now);
+        inner.users.insert(key, record);
+        self.prune(&mut inner, now);
+        self.finish(changes)
+    }
+
+    /// The new record for a user: marked when it is new, changed or gone.
+    fn merge(
+        &self,
+        prev: UserRecord,
+        next: Option<SyncedUser>,
+        now: Instant,
+        changes: &mut Changes,
+    ) -> UserRecord {
+        let changed = match (&prev.synced, &next) {
+            (Some(p), Some(n)) => p.differs(n),
+            _ => true,
+        };
+        if !changed {
+            return UserRecord { synced: next, ..prev };
+        }
+        changes.marked = true;
+        for user in [&prev.synced, &next].into_iter().flatten() {
+            changes.keys.extend(user.api_key.clone());
+        }
+        UserRecord { synced: next, revoked_at: Some(now), refreshed_at: prev.refreshed_at }
+    }
+
+    fn finish(&self, mut changes: Changes) -> Changes {
+        if changes.marked {
+            self.bump();
+        }
+        changes.keys.sort_unstable();
+        changes.keys.dedup();
+        changes
+    }
+
+    /// Drops marks too old to matter and records left with nothing in them.
+    fn prune(&self, inner: &mut Inner, now: Instant) {
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) <= self.keep_marks;
+        inner.revoked_keys.retain(|_, at| fresh(at));
+        inner.users.retain(|_, record| {
+            if !record.revoked_at.as_ref().is_some_and(fresh) {
+                record.revoked_at = None;
+            }
+            record.synced.is_some() || record.revoked_at.is_some()
+        });
+        // A refresh older than any list that could still be in flight no longer matters.
+        for record in inner.users.values_mut() {
+            if !record.refreshed_at.as_ref().is_some_and(fresh) {
+                record.refreshed_at = None;
+            }
+        }
+    }
+
+    /// Number of users sync knows about.
+    pub(crate) fn synced_users(&self) -> usize {
+        self.read().users.values().filter(|r| r.synced.is_some()).count()
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, key: &str, modified: &str, enabled: bool) -> SyncedUser {
+        SyncedUser {
+            name: name.into(),
+            enabled,
+            api_key: Some(key.into()),
+            modified: modified.into(),
+            restrict_ip: Some("10.0.0.".into()),
+        }
+    }
+
+    #[test]
+    fn views_follow_sync_and_marks() {
+        let dir = Directory::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(1);
+        dir.replace(&[user("a@x", "KA", "m1", true)], t0, t0);
+        // Verified after the first sighting: alive; the key is compared lowercased.
+        let v = dir.view("a@x", Some("ka"), later);
+        assert!(!v.revoked && !v.disabled);
+        assert_eq!(v.restrict_ip.as_deref(), Some("10.0.0."));
+        // Same state again: nothing marked, epoch unchanged.
+        let epoch = dir.epoch();
+        assert_eq!(dir.replace(&[user("a@x", "KA", "m1", true)], later, later), Changes::default());
+        assert_eq!(dir.epoch(), epoch);
+        assert!(!dir.view("a@x", Some("ka"), later).revoked);
+        // A key that is not the user's is dead.
+        assert!(dir.view("a@x", Some("other"), later).revoked);
+        // modified changed: verified before the change → dead.
+        let t2 = later + Duration::from_secs(1);
+        assert_eq!(dir.replace(&[user("a@x", "KA", "m2", true)], t2, t2).keys, vec![Arc::<str>::from("ka")]);
+        assert!(dir.epoch() > epoch);
+        assert!(dir.view("a@x", Some("ka"), later).revoked);
+        assert!(!dir.view("a@x", Some("ka"), t2 + Duration::from_secs(1)).revoked);
+        // Disabled.
+        dir.replace(&[user("a@x", "KA", "m3", false)], t2, t2);
+        assert!(dir.view("a@x", Some("ka"), t2 + Duration::from_secs(5)).disabled);
+        // Gone from the list: verified before → dead; the record keeps its mark.
+        let t3 = t2 + Duration::from_secs(10);
+        dir.replace(&[], t3, t3);
+        assert!(dir.view("a@x", Some("ka"), t3 - Duration::from_secs(1)).revoked);
+        assert_eq!(dir.synced_users(), 0);
+    }
+
+    #[test]
+    fn marks_expire() {
+        let dir = Directory::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        dir.mark_user("u", t0);
+        dir.mark_key("k", t0);
+        assert!(dir.view("u", Some("k"), t0).revoked);
+        let t11 = t0 + Duration::from_secs(11);
+        dir.replace(&[], t11, t11);
+        assert!(!dir.view("u", Some("k"), t0).revoked);
+    }
+
+    #[test]
+    fn update_one_user() {
+        let dir = Directory::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        dir.replace(&[user("a@x", "ka", "m1", true)], t0, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(!dir.update("a@x", Some(&user("a@x", "ka", "m1", true)), t1).marked);
+        assert!(!dir.view("a@x", Some("ka"), t1).revoked);
+        assert_eq!(dir.update("a@x", None, t1).keys, vec![Arc::<str>::from("ka")]);
+        assert!(dir.view("a@x", Some("ka"), t1).revoked);
+        assert!(!dir.view("a@x", Some("ka"), t1 + Duration::from_secs(1)).disabled);
+    }
+
+    #[test]
+    fn a_list_fetched_before_a_refresh_does_not_undo_it() {
+        let dir = Directory::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        dir.replace(&[user("a@x", "ka", "m1", true)], t0, t0);
+        let (fetch_start, refresh) = (t0 + Duration::from_secs(1), t0 + Duration::from_secs(2));
+        dir.update("a@x", Some(&user("a@x", "ka", "m2", false)), refresh);
+        let t3 = t0 + Duration::from_secs(3);
+        dir.replace(&[user("a@x", "ka", "m1", true)], t3, fetch_start);
+        assert!(dir.view("a@x", Some("ka"), t3).disabled);
+        dir.replace(&[], t3, fetch_start);
+        assert!(dir.view("a@x", Some("ka"), t3).disabled);
+        // The next list, fetched after the refresh, wins.
+        let t4 = t0 + Duration::from_secs(4);
+        dir.replace(&[user("a@x", "ka", "m3", true)], t4, t4);
+        assert!(!dir.view("a@x", Some("ka"), t4 + Duration::from_secs(1)).disabled);
+    }
+}

@@ -1,0 +1,119 @@
+//! What authentication answers: the `Verify` seam to Frappe and its errors, and the store's
+//! verdicts (`Admitted` with its `Outcome`, or a `Rejection`) with their log names, statuses
+//! and client messages.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use http::HeaderValue;
+
+use crate::error::{ErrorKind, GatewayError};
+
+/// Asks Frappe whose credentials an `Authorization` header carries (`FrappeClient` in
+/// production, fakes in tests).
+pub trait Verify: Send + Sync {
+    /// `Ok(user)` when Frappe accepts the header; `Rejected` on 401 / 403; `Unavailable` on a
+    /// timeout, a refused connection or any other answer.
+    fn verify<'a>(&'a self, authorization: &'a HeaderValue) -> BoxFuture<'a, Result<String, VerifyError>>;
+}
+
+/// Why a verification gave no user. The reason in `Unavailable` never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("Frappe refused the credentials")]
+    Rejected,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// How an admitted request's credentials were checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Found in the cache, digest equal, fresh.
+    Hit,
+    /// Verified against Frappe just now (or by a concurrent request's call).
+    MissVerified,
+    /// Frappe is unreachable; the credential was verified within `stale_if_error`.
+    Stale,
+}
+
+impl Outcome {
+    /// For the access log: `hit`, `miss-verified`, `stale`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::MissVerified => "miss-verified",
+            Outcome::Stale => "stale",
+        }
+    }
+}
+
+/// A request whose credentials are valid: forward it as `user`.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub user: Arc<str>,
+    /// Lowercased api_key, or `bearer:<digest prefix>` for a bearer token (never the token).
+    pub api_key: Arc<str>,
+    pub outcome: Outcome,
+    /// The user's raw `restrict_ip` as sync last saw it; `None` when empty or not synced.
+    pub restrict_ip: Option<Arc<str>>,
+}
+
+/// Why credentials were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Frappe answered 401 / 403 to these credentials just now.
+    WrongCredentials,
+    /// Frappe refused the same credentials within `negative_ttl`; Frappe was not asked.
+    NegativeHit,
+    /// Valid credentials of a user sync reports as disabled (Frappe 15.0–15.53 would accept them).
+    Disabled,
+    /// Frappe could not be asked (timeout, refused, 5xx); nothing cached. The reason is for logs.
+    Unavailable(String),
+}
+
+impl Rejection {
+    /// For the access log: `rejected`, `negative-hit`, `disabled`, `unavailable`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Rejection::WrongCredentials => "rejected",
+            Rejection::NegativeHit => "negative-hit",
+            Rejection::Disabled => "disabled",
+            Rejection::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// 401, or 503 for `Unavailable`.
+    pub fn error_kind(&self) -> ErrorKind {
+        match self {
+            Rejection::Unavailable(_) => ErrorKind::Unavailable,
+            _ => ErrorKind::Unauthorized,
+        }
+    }
+
+    /// What the client is told. A negative hit reads like any refusal.
+    pub fn message(&self) -> &'static str {
+        match self {
+            Rejection::WrongCredentials | Rejection::NegativeHit => {
+                "invalid credentials: Frappe does not accept this api_key and api_secret (or bearer token)"
+            }
+            Rejection::Disabled => "this user is disabled in Frappe",
+            Rejection::Unavailable(_) => "authentication backend unavailable; try again later",
+        }
+    }
+
+    /// The operator-facing reason (includes why Frappe was unavailable).
+    pub fn reason(&self) -> Cow<'static, str> {
+        match self {
+            Rejection::Unavailable(why) => format!("credential check unavailable: {why}").into(),
+            other => other.as_str().into(),
+        }
+    }
+}
+
+impl From<Rejection> for GatewayError {
+    fn from(r: Rejection) -> Self {
+        GatewayError::new(r.error_kind(), r.message()).with_reason(r.reason())
+    }
+}

@@ -1,0 +1,399 @@
+//! The credential store: verified credentials cached per api_key (moka), refused ones cached
+//! per digest, one Frappe call per concurrent miss, stale-if-error, and revocation by sync and
+//! webhooks (DESIGN.md "The credential store").
+//!
+//! Only keyed digests are kept, never a secret. The hit path is one moka lookup, one HMAC, one
+//! constant-time compare and one short read lock; nothing is held across an await.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use moka::future::Cache;
+
+use super::digest::{Digest, Digester};
+use super::directory::{lowercase_key, Changes, Directory, SyncedUser, View};
+use super::header::Credential;
+pub use super::outcome::{Admitted, Outcome, Rejection, Verify, VerifyError};
+use crate::config::AuthConfig;
+
+/// A verified credential. `verified_at` is when its verification *started*, so a revocation
+/// that raced the call still kills it.
+#[derive(Debug)]
+struct Entry {
+    /// Lowercased api_key, or the bearer label.
+    key: Arc<str>,
+    user: Arc<str>,
+    digest: Digest,
+    verified_at: Instant,
+    bearer: bool,
+}
+
+impl Entry {
+    fn api_key(&self) -> Option<&str> {
+        (!self.bearer).then_some(&*self.key)
+    }
+}
+
+/// A credential Frappe refused, by digest.
+#[derive(Debug, Clone)]
+struct Refused {
+    key: Arc<str>,
+    at: Instant,
+}
+
+/// Flight outcomes shared by every request waiting on the same verification.
+#[derive(Debug, Clone)]
+enum FlightError {
+    Rejected,
+    Negative,
+    Unavailable(String),
+}
+
+enum Judgement {
+    Fresh(View),
+    /// Older than `cache_ttl`: verify again; may serve stale if Frappe is down.
+    Expired(View),
+    Disabled,
+    /// Revoked, changed, or past every window: verify again, never serve stale.
+    Dead,
+}
+
+/// The lookup form of one credential.
+struct Probe<'a> {
+    key: Cow<'a, str>,
+    digest: Digest,
+    bearer: bool,
+}
+
+/// `Instant::now()`, which tests can move forward (moka's own expiry only frees memory;
+/// every window is enforced against this clock).
+#[derive(Clone, Default)]
+struct Clock {
+    skew_nanos: Arc<AtomicU64>,
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::now() + Duration::from_nanos(self.skew_nanos.load(Ordering::Relaxed))
+    }
+
+    #[cfg(test)]
+    fn advance(&self, by: Duration) {
+        self.skew_nanos.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Verified and refused credentials, bounded by `auth.cache_capacity` each.
+pub struct CredentialStore {
+    positive: Cache<Arc<str>, Arc<Entry>>,
+    negative: Cache<Digest, Refused>,
+    flights: Cache<(Digest, u64), Arc<Entry>>,
+    directory: Arc<Directory>,
+    digester: Digester,
+    verifier: Arc<dyn Verify>,
+    cache_ttl: Duration,
+    negative_ttl: Duration,
+    stale_if_error: Duration,
+    clock: Clock,
+}
+
+impl fmt::Debug for CredentialStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialStore").field("entries", &self.len()).finish_non_exhaustive()
+    }
+}
+
+/// How long a finished verification may linger for requests that joined it.
+const FLIGHT_LINGER: Duration = Duration::from_secs(5);
+/// Label length of a bearer token's digest (8 bytes, 16 hex digits).
+const BEARER_LABEL_BYTES: usize = 8;
+
+impl CredentialStore {
+    /// An empty store: `cache_capacity` entries, fresh for `cache_ttl`, kept for
+    /// `max(cache_ttl, stale_if_error)`; refusals kept for `negative_ttl`. A random HMAC key is
+    /// drawn here. `verifier` is asked on every miss.
+    pub fn new(cfg: &AuthConfig, verifier: Arc<dyn Verify>) -> Self {
+        let keep = cfg.cache_ttl.max(cfg.stale_if_error).max(Duration::from_secs(1));
+        CredentialStore {
+            positive: Cache::builder()
+                .name("credentials")
+                .max_capacity(cfg.cache_capacity)
+                .time_to_live(keep)
+                .support_invalidation_closures()
+                .build(),
+            negative: Cache::builder()
+                .name("refused-credentials")
+                .max_capacity(cfg.cache_capacity)
+                .time_to_live(cfg.negative_ttl.max(Duration::from_millis(1)))
+                .support_invalidation_closures()
+                .build(),
+            flights: Cache::builder()
+                .max_capacity(cfg.cache_capacity.max(1024))
+                .time_to_live(FLIGHT_LINGER)
+                .build(),
+            directory: Arc::new(Directory::new(keep)),
+            digester: Digester::random(),
+            verifier,
+            cache_ttl: cfg.cache_ttl,
+            negative_ttl: cfg.negative_ttl,
+            stale_if_error: cfg.stale_if_error,
+            clock: Clock::default(),
+        }
+    }
+
+    /// Checks parsed credentials; `authorization` is the raw header, sent to Frappe as is on a
+    /// miss. A refusal is never cached except a Frappe 401/403 (for `negative_ttl`).
+    pub async fn authenticate(
+        &self,
+        credential: &Credential<'_>,
+        authorization: &HeaderValue,
+    ) -> Result<Admitted, Rejection> {
+        let probe = self.probe(credential);
+        let now = self.clock.now();
+        let mut stale = None;
+        if let Some(entry) = self.cached(&probe).await {
+            match self.judge(&entry, now) {
+                Judgement::Fresh(view) => return Ok(admit(&entry, Outcome::Hit, view)),
+                Judgement::Disabled => return Err(Rejection::Disabled),
+                Judgement::Expired(_) => stale = Some(entry),
+                Judgement::Dead => {}
+            }
+        }
+        if self.refused(&probe.digest, now).await {
+            return Err(Rejection::NegativeHit);
+        }
+        match self.verify_once(&probe, authorization).await {
+            Ok(entry) => self.admit_verified(&entry),
+            Err(FlightError::Negative) => Err(Rejection::NegativeHit),
+            Err(FlightError::Rejected) => Err(Rejection::WrongCredentials),
+            Err(FlightError::Unavailable(why)) => self.serve_stale(stale, why),
+        }
+    }
+
+    /// Drops every cached credential of `user` at once; a verification in flight for it
+    /// lands dead in the cache. Its next request is verified again, and never served stale.
+    pub fn revoke_user(&self, user: &str) {
+        self.directory.mark_user(user, self.clock.now());
+        let user: Arc<str> = Arc::from(user);
+        self.drop_entries(move |e| e.user == user);
+    }
+
+    /// Drops the cached credential of one api_key (any case).
+    pub fn revoke_key(&self, api_key: &str) {
+        let key: Arc<str> = Arc::from(lowercase_key(api_key));
+        self.directory.mark_key(&key, self.clock.now());
+        self.drop_entries(move |e| !e.bearer && e.key == key);
+    }
+
+    /// Takes a full user list from sync: records each user's state and drops cached
+    /// credentials whose key vanished, whose user is disabled or whose `modified` changed
+    /// (also credentials cached before their user was first synced).
+    pub fn apply_sync(&self, users: &[SyncedUser]) {
+        let now = self.clock.now();
+        self.apply_sync_fetched(users, now);
+    }
+
+    /// `apply_sync` for a list whose fetch began at `fetched_from` (from [`Self::now`]):
+    /// users refreshed one by one since then keep their newer record.
+    pub(crate) fn apply_sync_fetched(&self, users: &[SyncedUser], fetched_from: Instant) {
+        let changed = self.directory.replace(users, self.clock.now(), fetched_from);
+        self.after_change(changed);
+    }
+
+    /// The store's clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// Takes one user's fresh record (webhook refresh); `None` means the user `name` is gone
+    /// or has no readable record, and its credentials are dropped.
+    pub fn apply_user(&self, user: Option<SyncedUser>, name: &str) {
+        let changed = self.directory.update(name, user.as_ref(), self.clock.now());
+        self.after_change(changed);
+    }
+
+    /// Approximate number of cached valid credentials (for metrics).
+    pub fn len(&self) -> u64 {
+        self.positive.entry_count()
+    }
+
+    /// True when no valid credential is cached (approximate, like `len`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of users the last sync or refresh reported.
+    pub fn synced_users(&self) -> usize {
+        self.directory.synced_users()
+    }
+
+    fn probe<'a>(&self, credential: &'a Credential<'_>) -> Probe<'a> {
+        match credential {
+            Credential::ApiKey { key, secret } => {
+                let key = lowercase_key(key);
+                let digest = self.digester.api_key(&key, secret);
+                Probe { key, digest, bearer: false }
+            }
+            Credential::Bearer(token) => {
+                let digest = self.digester.bearer(token);
+                let key = format!("bearer:{}", digest.short_hex(BEARER_LABEL_BYTES));
+                Probe { key: Cow::Owned(key), digest, bearer: true }
+            }
+        }
+    }
+
+    /// The cached entry for the probe's key when its digest is equal (constant time).
+    async fn cached(&self, probe: &Probe<'_>) -> Option<Arc<Entry>> {
+        self.positive.get(probe.key.as_ref()).await.filter(|e| e.digest.ct_eq(&probe.digest))
+    }
+
+    fn judge(&self, entry: &Entry, now: Instant) -> Judgement {
+        let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at);
+        if view.disabled {
+            return Judgement::Disabled;
+        }
+        if view.revoked {
+            return Judgement::Dead;
+        }
+        let age = now.saturating_duration_since(entry.verified_at);
+        if age < self.cache_ttl {
+            Judgement::Fresh(view)
+        } else if age < self.stale_if_error {
+            Judgement::Expired(view)
+        } else {
+            Judgement::Dead
+        }
+    }
+
+    async fn refused(&self, digest: &Digest, now: Instant) -> bool {
+        self.negative
+            .get(digest)
+            .await
+            .is_some_and(|r| now.saturating_duration_since(r.at) < self.negative_ttl)
+    }
+
+    /// One Frappe call for all concurrent requests with the same credential. The epoch in
+    /// the flight key keeps requests that arrive after a revocation from joining a call that
+    /// started before it.
+    async fn verify_once(
+        &self,
+        probe: &Probe<'_>,
+        authorization: &HeaderValue,
+    ) -> Result<Arc<Entry>, FlightError> {
+        let flight = (probe.digest, self.directory.epoch());
+        let result = self.flights.try_get_with(flight, self.fly(probe, authorization)).await;
+        self.flights.invalidate(&flight).await;
+        result.map_err(|e| FlightError::clone(&e))
+    }
+
+    /// The body of a flight. It looks at both caches again first: a request that missed
+    /// just before another's flight finished must not call Frappe a second time.
+    async fn fly(&self, probe: &Probe<'_>, authorization: &HeaderValue) -> Result<Arc<Entry>, FlightError> {
+        let started = self.clock.now();
+        if let Some(entry) = self.cached(probe).await {
+            if matches!(self.judge(&entry, started), Judgement::Fresh(_) | Judgement::Disabled) {
+                return Ok(entry);
+            }
+        }
+        if self.refused(&probe.digest, started).await {
+            return Err(FlightError::Negative);
+        }
+        match self.verifier.verify(authorization).await {
+            Ok(user) if !user.is_empty() && user != "Guest" => Ok(self.remember(probe, user, started).await),
+            Ok(_) | Err(VerifyError::Rejected) => {
+                self.refuse(probe).await;
+                Err(FlightError::Rejected)
+            }
+            Err(VerifyError::Unavailable(why)) => Err(FlightError::Unavailable(why)),
+        }
+    }
+
+    async fn remember(&self, probe: &Probe<'_>, user: String, started: Instant) -> Arc<Entry> {
+        let entry = Arc::new(Entry {
+            key: Arc::from(probe.key.as_ref()),
+            user: Arc::from(user),
+            digest: probe.digest,
+            verified_at: started,
+            bearer: probe.bearer,
+        });
+        tracing::debug!(api_key = %entry.key, user = %entry.user, "credential verified by Frappe");
+        self.positive.insert(entry.key.clone(), entry.clone()).await;
+        entry
+    }
+
+    /// Caches a refusal; a cached entry with the same digest (the secret was regenerated)
+    /// goes too.
+    async fn refuse(&self, probe: &Probe<'_>) {
+        let key: Arc<str> = Arc::from(probe.key.as_ref());
+        tracing::debug!(api_key = %key, "credential refused by Frappe");
+        self.negative.insert(probe.digest, Refused { key, at: self.clock.now() }).await;
+        if self.cached(probe).await.is_some() {
+            self.positive.invalidate(probe.key.as_ref()).await;
+        }
+    }
+
+    fn admit_verified(&self, entry: &Entry) -> Result<Admitted, Rejection> {
+        let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at);
+        if view.disabled {
+            return Err(Rejection::Disabled);
+        }
+        Ok(admit(entry, Outcome::MissVerified, view))
+    }
+
+    /// Frappe is unreachable: an entry verified within `stale_if_error`, never revoked since,
+    /// still admits.
+    fn serve_stale(&self, stale: Option<Arc<Entry>>, why: String) -> Result<Admitted, Rejection> {
+        let Some(entry) = stale else {
+            return Err(Rejection::Unavailable(why));
+        };
+        match self.judge(&entry, self.clock.now()) {
+            Judgement::Fresh(view) | Judgement::Expired(view) => {
+                tracing::debug!(api_key = %entry.key, reason = %why, "Frappe unavailable: admitting a stale credential");
+                Ok(admit(&entry, Outcome::Stale, view))
+            }
+            Judgement::Disabled => Err(Rejection::Disabled),
+            Judgement::Dead => Err(Rejection::Unavailable(why)),
+        }
+    }
+
+    /// After sync or a refresh that marked someone: forget refusals of changed users' keys (a
+    /// regenerated secret must work at once) and drop credentials that are now dead or
+    /// disabled. Unchanged syncs cost nothing here: a disabled user's credential that was
+    /// cached again is refused by the hit path anyway.
+    fn after_change(&self, changes: Changes) {
+        if !changes.marked {
+            return;
+        }
+        if !changes.keys.is_empty() {
+            let keys: HashSet<Arc<str>> = changes.keys.into_iter().collect();
+            if let Err(e) = self.negative.invalidate_entries_if(move |_, r| keys.contains(&r.key)) {
+                tracing::error!(error = %e, "cannot drop refused credentials");
+            }
+        }
+        let directory = self.directory.clone();
+        self.drop_entries(move |e| {
+            let view = directory.view(&e.user, e.api_key(), e.verified_at);
+            view.disabled || view.revoked
+        });
+    }
+
+    /// Removes matching entries in the background. The marks set before this call already
+    /// make them unusable, so removal only frees memory.
+    fn drop_entries(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self.positive.invalidate_entries_if(move |_, e| matches(e)) {
+            tracing::error!(error = %e, "cannot drop cached credentials");
+        }
+    }
+}
+
+fn admit(entry: &Entry, outcome: Outcome, view: View) -> Admitted {
+    Admitted { user: entry.user.clone(), api_key: entry.key.clone(), outcome, restrict_ip: view.restrict_ip }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! Store behaviour against a fake Frappe that counts whoami calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
+use http::header::HeaderName;
+use tokio::sync::Semaphore;
+
+use super::*;
+use crate::auth::header::parse;
+use crate::error::ErrorKind;
+
+const KEY: &str = "0a1b2c3d4e5f607";
+const SECRET: &str = "s3cr3tvalue0001";
+const USER: &str = "api.user@example.com";
+
+/// A whoami endpoint: keys (lowercase) → (secret, user), bearer tokens → user.
+struct FakeFrappe {
+    calls: AtomicUsize,
+    keys: Mutex<HashMap<String, (String, String)>>,
+    bearers: Mutex<HashMap<String, String>>,
+    down: AtomicBool,
+    gate: Semaphore,
+}
+
+impl FakeFrappe {
+    fn new() -> Arc<Self> {
+        Self::gated(Semaphore::MAX_PERMITS)
+    }
+
+    /// Each call takes a permit first: `gated(0)` holds every call until the test adds some.
+    fn gated(permits: usize) -> Arc<Self> {
+        let fake = FakeFrappe {
+            calls: AtomicUsize::new(0),
+            keys: Mutex::default(),
+            bearers: Mutex::default(),
+            down: AtomicBool::new(false),
+            gate: Semaphore::new(permits),
+        };
+        fake.set_key(KEY, SECRET, USER);
+        Arc::new(fake)
+    }
+
+    fn set_key(&self, key: &str, secret: &str, user: &str) {
+        self.keys.lock().unwrap().insert(key.to_ascii_lowercase(), (secret.into(), user.into()));
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn answer(&self, authorization: &HeaderValue) -> Result<String, VerifyError> {
+        match parse(Some(authorization)) {
+            Ok(Credential::ApiKey { key, secret }) => {
+                let keys = self.keys.lock().unwrap();
+                match keys.get(&key.to_ascii_lowercase()) {
+                    Some((s, user)) if *s == secret => Ok(user.clone()),
+                    _ => Err(VerifyError::Rejected),
+                }
+            }
+            Ok(Credential::Bearer(token)) => {
+                self.bearers.lock().unwrap().get(token.as_ref()).cloned().ok_or(VerifyError::Rejected)
+            }
+            Err(_) => Err(VerifyError::Rejected),
+        }
+    }
+}
+
+impl Verify for FakeFrappe {
+    fn verify<'a>(&'a self, authorization: &'a HeaderValue) -> BoxFuture<'a, Result<String, VerifyError>> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.gate.acquire().await.expect("gate open");
+            if self.down.load(Ordering::SeqCst) {
+                return Err(VerifyError::Unavailable("connection refused".into()));
+            }
+            self.answer(authorization)
+        })
+    }
+}
+
+fn config(ttl: u64, negative: u64, stale: u64) -> AuthConfig {
+    AuthConfig {
+        user_header: HeaderName::from_static("x-frappe-user"),
+        forward_authorization: true,
+        cache_capacity: 10_000,
+        cache_ttl: Duration::from_secs(ttl),
+        negative_ttl: Duration::from_secs(negative),
+        stale_if_error: Duration::from_secs(stale),
+    }
+}
+
+fn store_with(fake: &Arc<FakeFrappe>, cfg: AuthConfig) -> Arc<CredentialStore> {
+    Arc::new(CredentialStore::new(&cfg, fake.clone()))
+}
+
+fn store(fake: &Arc<FakeFrappe>) -> Arc<CredentialStore> {
+    store_with(fake, config(600, 30, 600))
+}
+
+fn header(key: &str, secret: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("token {key}:{secret}")).unwrap()
+}
+
+async fn auth(store: &CredentialStore, value: &HeaderValue) -> Result<Admitted, Rejection> {
+    let credential = parse(Some(value)).expect("well-formed header");
+    store.authenticate(&credential, value).await
+}
+
+fn synced(name: &str, key: &str, modified: &str, enabled: bool) -> SyncedUser {
+    SyncedUser {
+        name: name.into(),
+        enabled,
+        api_key: Some(key.into()),
+        modified: modified.into(),
+        restrict_ip: Some("10.1.2.3".into()),
+    }
+}
+
+#[tokio::test]
+async fn miss_then_hit() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    let first = auth(&store, &header(KEY, SECRET)).await.unwrap();
+    assert_eq!((first.outcome, &*first.user, &*first.api_key), (Outcome::MissVerified, USER, KEY));
+    let second = auth(&store, &header(KEY, SECRET)).await.unwrap();
+    assert_eq!(second.outcome, Outcome::Hit);
+    assert_eq!(fake.calls(), 1);
+    // The key is matched case-insensitively, like Frappe's database; the log key is lowercase.
+    let upper = auth(&store, &header(&KEY.to_uppercase(), SECRET)).await.unwrap();
+    assert_eq!((upper.outcome, &*upper.api_key), (Outcome::Hit, KEY));
+    assert_eq!(fake.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_misses_make_one_call() {
+    let fake = FakeFrappe::gated(0);
+    let store = store(&fake);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { auth(&store, &header(KEY, SECRET)).await })
+        })
+        .collect();
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    for task in tasks {
+        assert_eq!(&*task.await.unwrap().unwrap().user, USER);
+    }
+    assert_eq!(fake.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_wrong_secrets_make_one_call() {
+    let fake = FakeFrappe::gated(0);
+    let store = store(&fake);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { auth(&store, &header(KEY, "wrongsecret1234")).await })
+        })
+        .collect();
+    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    for task in tasks {
+        let rejection = task.await.unwrap().unwrap_err();
+        assert!(matches!(rejection, Rejection::WrongCredentials | Rejection::NegativeHit), "{rejection:?}");
+    }
+    assert_eq!(fake.calls(), 1);
+}
+
+#[tokio::test]
+async fn wrong_secret_is_asked_once_per_negative_ttl() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    let wrong = header(KEY, "wrongsecret1234");
+    assert_eq!(auth(&store, &wrong).await.unwrap_err(), Rejection::WrongCredentials);
+    for _ in 0..99 {
+        assert_eq!(auth(&store, &wrong).await.unwrap_err(), Rejection::NegativeHit);
+    }
+    assert_eq!(fake.calls(), 1);
+    store.clock.advance(Duration::from_secs(31));
+    assert_eq!(auth(&store, &wrong).await.unwrap_err(), Rejection::WrongCredentials);
+    assert_eq!(fake.calls(), 2);
+    // The right secret is unaffected by the refusals of a wrong one.
+    assert!(auth(&store, &header(KEY, SECRET)).await.is_ok());
+}
+
+#[tokio::test]
+async fn unavailable_is_not_cached() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    fake.down.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        let rejection = auth(&store, &header(KEY, SECRET)).await.unwrap_err();
+        assert_eq!(rejection, Rejection::Unavailable("connection refused".into()));
+        assert_eq!(rejection.error_kind(), ErrorKind::Unavailable);
+    }
+    assert_eq!(fake.calls(), 2);
+    fake.down.store(false, Ordering::SeqCst);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::MissVerified);
+}
+
+#[tokio::test]
+async fn expired_entries_are_verified_again() {
+    let fake = FakeFrappe::new();
+    let store = store_with(&fake, config(60, 30, 600));
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.clock.advance(Duration::from_secs(61));
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test]
+async fn stale_if_error_within_the_window_only() {
+    let fake = FakeFrappe::new();
+    let store = store_with(&fake, config(60, 30, 600));
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    fake.down.store(true, Ordering::SeqCst);
+    store.clock.advance(Duration::from_secs(120));
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Stale);
+    // Another secret for the same key is never served stale.
+    assert!(matches!(auth(&store, &header(KEY, "othersecret0000")).await, Err(Rejection::Unavailable(_))));
+    store.clock.advance(Duration::from_secs(500));
+    assert!(matches!(auth(&store, &header(KEY, SECRET)).await, Err(Rejection::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn stale_never_outlives_a_revocation() {
+    let fake = FakeFrappe::new();
+    let store = store_with(&fake, config(60, 30, 600));
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    fake.down.store(true, Ordering::SeqCst);
+    store.clock.advance(Duration::from_secs(120));
+    store.revoke_user(USER);
+    assert!(matches!(auth(&store, &header(KEY, SECRET)).await, Err(Rejection::Unavailable(_))));
+    // Even while still fresh: a revoked credential is verified again, and Frappe is down.
+    fake.down.store(false, Ordering::SeqCst);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.revoke_key(&KEY.to_uppercase());
+    fake.down.store(true, Ordering::SeqCst);
+    assert!(matches!(auth(&store, &header(KEY, SECRET)).await, Err(Rejection::Unavailable(_))));
+}
+
+#[tokio::test]
+async fn revocation_forces_a_new_verification() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.revoke_user(USER);
+    store.clock.advance(Duration::from_millis(1));
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Hit);
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test]
+async fn sync_disabled_user_is_refused_though_frappe_accepts() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    let admitted = auth(&store, &header(KEY, SECRET)).await.unwrap();
+    assert_eq!(admitted.restrict_ip.as_deref(), Some("10.1.2.3"));
+    store.apply_sync(&[synced(USER, KEY, "m2", false)]);
+    // Cached: refused without a call. Frappe 15.44 would still say 200 (transcript 05a).
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::Disabled);
+    store.clock.advance(Duration::from_millis(1));
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::Disabled);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::Disabled);
+    assert!(fake.calls() <= 2, "{} calls", fake.calls());
+    // A wrong secret for a disabled user's key says nothing about the user.
+    assert_eq!(auth(&store, &header(KEY, "wrongsecret1234")).await.unwrap_err(), Rejection::WrongCredentials);
+    // Enabled again.
+    store.apply_sync(&[synced(USER, KEY, "m3", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    assert!(auth(&store, &header(KEY, SECRET)).await.is_ok());
+}
+
+#[tokio::test]
+async fn modified_change_means_verify_again() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Hit);
+    store.apply_sync(&[synced(USER, KEY, "m2", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test]
+async fn vanished_key_means_verify_again() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    fake.keys.lock().unwrap().clear();
+    store.apply_sync(&[]);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+}
+
+#[tokio::test]
+async fn regenerated_secret_old_refused_new_admitted() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    // Generate Keys: same api_key, new secret, new `modified` (transcripts 05d / 05e).
+    fake.set_key(KEY, "newsecret000001", USER);
+    store.apply_sync(&[synced(USER, KEY, "m2", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+    assert_eq!(auth(&store, &header(KEY, "newsecret000001")).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(auth(&store, &header(KEY, "newsecret000001")).await.unwrap().outcome, Outcome::Hit);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::NegativeHit);
+}
+
+#[tokio::test]
+async fn regenerated_secret_without_sync() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    fake.set_key(KEY, "newsecret000001", USER);
+    // A known key with another secret is verified, and replaces the entry.
+    assert_eq!(auth(&store, &header(KEY, "newsecret000001")).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+    assert_eq!(auth(&store, &header(KEY, "newsecret000001")).await.unwrap().outcome, Outcome::Hit);
+}
+
+#[tokio::test]
+async fn refusal_of_a_new_secret_is_forgotten_when_the_user_changes() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    let early = header(KEY, "newsecret000001");
+    assert_eq!(auth(&store, &early).await.unwrap_err(), Rejection::WrongCredentials);
+    fake.set_key(KEY, "newsecret000001", USER);
+    store.apply_sync(&[synced(USER, KEY, "m2", true)]);
+    store.positive.run_pending_tasks().await;
+    store.negative.run_pending_tasks().await;
+    assert!(auth(&store, &early).await.is_ok());
+}
+
+#[tokio::test]
+async fn webhook_refresh_with_user_gone() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    store.clock.advance(Duration::from_millis(1));
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.revoke_user(USER);
+    store.apply_user(None, USER);
+    store.clock.advance(Duration::from_millis(1));
+    fake.keys.lock().unwrap().clear();
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+    assert_eq!(store.synced_users(), 0);
+}
+
+#[tokio::test]
+async fn webhook_refresh_disabling_a_user() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.revoke_user(USER);
+    store.apply_user(Some(synced(USER, KEY, "m2", false)), USER);
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::Disabled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_racing_a_revocation_does_not_resurrect_it() {
+    let fake = FakeFrappe::gated(0);
+    let store = store(&fake);
+    let racing = {
+        let store = store.clone();
+        tokio::spawn(async move { auth(&store, &header(KEY, SECRET)).await })
+    };
+    while fake.calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    store.revoke_user(USER);
+    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    // The request that raced the revocation is answered; its entry is dead at once.
+    assert!(racing.await.unwrap().is_ok());
+    store.clock.advance(Duration::from_millis(1));
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_cached_by_digest() {
+    let fake = FakeFrappe::new();
+    fake.bearers.lock().unwrap().insert("oauthtoken123".into(), "oauth@example.com".into());
+    let store = store(&fake);
+    let value = HeaderValue::from_static("Bearer oauthtoken123");
+    let first = auth(&store, &value).await.unwrap();
+    assert!(first.api_key.starts_with("bearer:") && !first.api_key.contains("oauthtoken123"));
+    assert_eq!(&*first.user, "oauth@example.com");
+    assert_eq!(auth(&store, &value).await.unwrap().outcome, Outcome::Hit);
+    let wrong = HeaderValue::from_static("Bearer xyz");
+    assert_eq!(auth(&store, &wrong).await.unwrap_err(), Rejection::WrongCredentials);
+    assert_eq!(auth(&store, &wrong).await.unwrap_err(), Rejection::NegativeHit);
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test]
+async fn basic_and_token_share_an_entry() {
+    use base64::Engine;
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{KEY}:{SECRET}"));
+    let value = HeaderValue::from_str(&format!("Basic {basic}")).unwrap();
+    assert_eq!(auth(&store, &value).await.unwrap().outcome, Outcome::Hit);
+}
+
+#[tokio::test]
+async fn nothing_secret_in_debug_or_messages() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    let admitted = auth(&store, &header(KEY, SECRET)).await.unwrap();
+    let entry = store.positive.get(KEY).await.unwrap();
+    for text in [format!("{admitted:?}"), format!("{entry:?}"), format!("{store:?}")] {
+        assert!(!text.contains(SECRET), "{text}");
+    }
+    for r in [Rejection::WrongCredentials, Rejection::NegativeHit, Rejection::Disabled] {
+        assert_eq!(r.error_kind(), ErrorKind::Unauthorized);
+        assert!(!r.message().contains(SECRET));
+    }
+    assert_eq!(Rejection::Unavailable("x".into()).as_str(), "unavailable");
+    assert_eq!(Outcome::MissVerified.as_str(), "miss-verified");
+}
+
+#[tokio::test]
+async fn len_counts_cached_credentials() {
+    let fake = FakeFrappe::new();
+    let store = store(&fake);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.positive.run_pending_tasks().await;
+    assert_eq!(store.len(), 1);
+    store.revoke_user(USER);
+    store.positive.run_pending_tasks().await;
+    assert_eq!(store.len(), 0);
+}

@@ -1,0 +1,226 @@
+//! The in-process limiter: one bounded moka table of GCRA cells per (scope, rate).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::gcra::Gcra;
+use super::{nanos, Clock, Decision, MonotonicClock, Subject, SubjectKey};
+use crate::config::Rate;
+
+/// Per-subject GCRA state: the theoretical arrival time, in clock nanoseconds (0 = fresh).
+type Cell = Arc<AtomicU64>;
+type Table = moka::sync::Cache<SubjectKey, Cell>;
+/// scope → the tables of the rates used with it (usually one).
+type Tables = HashMap<Box<str>, Vec<(Rate, Arc<Table>)>>;
+
+/// Default bound on subjects remembered per (scope, rate) table.
+pub const DEFAULT_MAX_SUBJECTS: u64 = 200_000;
+
+/// GCRA limits kept in this process (see the module docs for burst semantics).
+///
+/// Memory is bounded twice: a subject idle long enough for its bucket to refill completely is
+/// forgotten (time-to-idle — forgetting it changes nothing), and each (scope, rate) table holds
+/// at most `max_subjects` subjects (TinyLFU: a flood of new subjects cannot push out the busy
+/// ones; an evicted subject simply starts fresh). A check is lock-free on the hot path: one
+/// hash lookup and a compare-and-swap.
+pub struct LocalLimiter {
+    clock: Arc<dyn Clock>,
+    max_subjects: u64,
+    tables: ArcSwap<Tables>,
+    /// Serialises the rare creation of a table (copy-on-write of `tables`).
+    adding: Mutex<()>,
+}
+
+impl LocalLimiter {
+    /// Real clock, [`DEFAULT_MAX_SUBJECTS`] per table.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(MonotonicClock::new()), DEFAULT_MAX_SUBJECTS)
+    }
+
+    /// A limiter reading `clock` (a [`ManualClock`](super::ManualClock) in tests).
+    pub fn with_clock(clock: Arc<dyn Clock>, max_subjects: u64) -> Self {
+        LocalLimiter { clock, max_subjects, tables: ArcSwap::default(), adding: Mutex::new(()) }
+    }
+
+    /// Counts one request and decides it. Never fails, never blocks on I/O.
+    pub fn check(&self, scope: &str, subject: Subject<'_>, rate: &Rate) -> Decision {
+        let subject = subject.canonical();
+        let table = self.table(scope, rate);
+        let cell = match table.get(&subject) {
+            Some(cell) => cell,
+            None => table.get_with(subject.to_key(), Cell::default),
+        };
+        let gcra = Gcra::new(rate, Duration::from_nanos(1));
+        let now = nanos(self.clock.now());
+        let mut tat = cell.load(Ordering::Acquire);
+        loop {
+            let (decision, new_tat) = gcra.decide(tat, now);
+            let Some(new_tat) = new_tat else { return decision };
+            match cell.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return decision,
+                // Another request of the same subject got in first: decide again on its TAT.
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Subjects currently remembered across all tables (approximate; for metrics and tests).
+    pub fn subject_count(&self) -> u64 {
+        self.tables.load().values().flatten().map(|(_, t)| t.entry_count()).sum()
+    }
+
+    /// Runs pending evictions now (moka does this lazily during use).
+    pub fn run_pending_tasks(&self) {
+        self.tables.load().values().flatten().for_each(|(_, t)| t.run_pending_tasks());
+    }
+
+    fn table(&self, scope: &str, rate: &Rate) -> Arc<Table> {
+        if let Some(table) = find(&self.tables.load(), scope, rate) {
+            return table;
+        }
+        let _guard = self.adding.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.tables.load_full();
+        if let Some(table) = find(&current, scope, rate) {
+            return table;
+        }
+        let idle = Gcra::new(rate, Duration::from_nanos(1)).full_refill().max(Duration::from_secs(1));
+        let table =
+            Arc::new(moka::sync::Cache::builder().max_capacity(self.max_subjects).time_to_idle(idle).build());
+        let mut next = (*current).clone();
+        next.entry(scope.into()).or_default().push((*rate, table.clone()));
+        self.tables.store(Arc::new(next));
+        table
+    }
+}
+
+fn find(tables: &Tables, scope: &str, rate: &Rate) -> Option<Arc<Table>> {
+    tables.get(scope)?.iter().find(|(r, _)| r == rate).map(|(_, t)| t.clone())
+}
+
+impl Default for LocalLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for LocalLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalLimiter").field("max_subjects", &self.max_subjects).finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rate_limit::ManualClock;
+    use std::net::IpAddr;
+
+    fn per_min(count: u32) -> Rate {
+        Rate { count, per: Duration::from_secs(60), burst: count }
+    }
+
+    fn limiter() -> (Arc<ManualClock>, LocalLimiter) {
+        let clock = Arc::new(ManualClock::new());
+        (clock.clone(), LocalLimiter::with_clock(clock, 1000))
+    }
+
+    #[test]
+    fn sixty_per_minute_admits_exactly_sixty_of_two_hundred() {
+        let (clock, limiter) = limiter();
+        clock.advance(Duration::from_secs(1000));
+        let rate = per_min(60);
+        let decisions: Vec<Decision> =
+            (0..200).map(|_| limiter.check("key", Subject::Key("k1"), &rate)).collect();
+        assert_eq!(decisions.iter().filter(|d| d.allowed).count(), 60);
+        assert!(decisions[..60].iter().all(|d| d.allowed));
+        assert_eq!((decisions[0].limit, decisions[0].remaining, decisions[0].reset_secs()), (60, 59, 1));
+        assert_eq!((decisions[59].remaining, decisions[59].reset_secs()), (0, 60));
+        let refused = decisions[60];
+        assert_eq!((refused.remaining, refused.retry_after_secs(), refused.reset_secs()), (0, Some(1), 60));
+    }
+
+    #[test]
+    fn refills_one_per_interval_then_fully() {
+        let (clock, limiter) = limiter();
+        let rate = per_min(60);
+        let check = || limiter.check("key", Subject::Key("k"), &rate);
+        while check().allowed {}
+        clock.advance(Duration::from_millis(2500));
+        assert!(check().allowed);
+        assert!(check().allowed);
+        let refused = check();
+        assert!(!refused.allowed);
+        assert_eq!(refused.retry_after, Some(Duration::from_millis(500)));
+        clock.advance(Duration::from_secs(60));
+        let admitted: usize = (0..100).map(|_| check()).filter(|d| d.allowed).count();
+        assert_eq!(admitted, 60);
+    }
+
+    #[test]
+    fn explicit_burst_smooths_the_average() {
+        let (clock, limiter) = limiter();
+        let rate = Rate { count: 100, per: Duration::from_secs(60), burst: 20 };
+        let admitted = (0..100).filter(|_| limiter.check("ip", Subject::Key("x"), &rate).allowed).count();
+        assert_eq!(admitted, 20);
+        clock.advance(Duration::from_millis(600));
+        let d = limiter.check("ip", Subject::Key("x"), &rate);
+        assert!(d.allowed);
+        assert_eq!((d.limit, d.remaining), (20, 0));
+    }
+
+    #[test]
+    fn scopes_subjects_and_rates_are_separate() {
+        let (_clock, limiter) = limiter();
+        let one = Rate { count: 1, per: Duration::from_secs(60), burst: 1 };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limiter.check("ip", Subject::Ip(ip), &one).allowed);
+        assert!(!limiter.check("ip", Subject::Ip(ip), &one).allowed);
+        // IPv4-mapped is the same subject.
+        assert!(!limiter.check("ip", Subject::Ip("::ffff:192.0.2.1".parse().unwrap()), &one).allowed);
+        assert!(limiter.check("route:/api/method/login", Subject::Ip(ip), &one).allowed);
+        assert!(limiter.check("ip", Subject::Ip("192.0.2.2".parse().unwrap()), &one).allowed);
+        // A key that spells an address is not that address.
+        assert!(limiter.check("ip", Subject::Key("192.0.2.1"), &one).allowed);
+        assert!(limiter.check("ip", Subject::Ip(ip), &per_min(5)).allowed);
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let clock = Arc::new(ManualClock::new());
+        let limiter = LocalLimiter::with_clock(clock, 100);
+        let rate = per_min(10);
+        for i in 0..5000u32 {
+            limiter.check("ip", Subject::Ip(IpAddr::from(i.to_be_bytes())), &rate);
+        }
+        limiter.run_pending_tasks();
+        assert!(limiter.subject_count() <= 110, "{}", limiter.subject_count());
+    }
+
+    #[test]
+    fn concurrent_checks_never_over_admit() {
+        let (_clock, limiter) = limiter();
+        let limiter = Arc::new(limiter);
+        let rate = per_min(500);
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let limiter = limiter.clone();
+                    s.spawn(move || {
+                        (0..400).filter(|_| limiter.check("key", Subject::Key("hot"), &rate).allowed).count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, 500);
+    }
+}
