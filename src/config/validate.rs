@@ -279,7 +279,7 @@ impl Validator<'_> {
             cache_capacity: self.positive("auth.cache_capacity", &a.cache_capacity, 100_000),
             cache_ttl: self.duration("auth.cache_ttl", &a.cache_ttl, "10m"),
             negative_ttl: self.duration("auth.negative_ttl", &a.negative_ttl, "30s"),
-            stale_if_error: self.duration("auth.stale_if_error", &a.stale_if_error, "10m"),
+            stale_if_error: self.duration("auth.stale_if_error", &a.stale_if_error, "1h"),
         }
     }
 
