@@ -20,7 +20,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// The GCRA of `gcra.rs` on the Redis server's clock (µs), so all instances share one time
 /// line. Reply: `{allowed 0|1, remaining, retry_after_us, reset_after_us}`. The key expires
 /// when its bucket would be full again, so idle subjects cost nothing.
+/// `replicate_commands` lets Redis < 5 write after `TIME` (a no-op on newer servers).
 const GCRA_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tau = t * (burst - 1)
