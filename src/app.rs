@@ -100,11 +100,19 @@ fn start_background_tasks(state: &Arc<AppState>, stop: &watch::Receiver<bool>) {
         tracing::warn!("no webhook secret (frappe.webhook_secret_env is unset): POST /hooks/frappe is disabled");
     }
     if let Some(bus) = &state.limits.revocations {
-        let store = state.auth.store.clone();
+        let state = state.clone();
         bus.spawn_subscriber(
             move |user| {
-                store.revoke_user(user);
-                tracing::info!(user, "revocation from another instance applied");
+                // Drop at once, then re-read the user like a webhook would: Frappe's whoami
+                // still accepts a disabled user's key, so a plain cache drop is not enough.
+                state.auth.store.revoke_user(user);
+                let (state, user) = (state.clone(), user.to_string());
+                tokio::spawn(async move {
+                    let token = state.config.frappe.sync_token.as_ref();
+                    let _ = auth::webhook::handle_user_event(&state.auth.store, state.auth.frappe.as_ref(), token, &user)
+                        .await;
+                    tracing::info!(user, "revocation from another instance applied");
+                });
             },
             stop.clone(),
         );

@@ -7,6 +7,7 @@
 //! id and rate-limit headers, and hands the access-log entry to the response body so every
 //! request is logged exactly once.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::auth;
 use crate::body::ResponseBody;
 use crate::config::{AuthMode, Rate};
 use crate::error::{ErrorKind, GatewayError};
-use crate::policy::{check_call, Decision, Denied, FrappeCall, Subject};
+use crate::policy::{check_call, route_paths, Decision, Denied, FrappeCall, Subject};
 use crate::proxy::{self, BodyStats, ForwardInfo, ProxyBody, X_REQUEST_ID};
 use crate::request_log::RequestLog;
 use crate::state::{AppState, RouteEntry, UserRules};
@@ -36,6 +37,15 @@ struct Ctx {
     request_id: HeaderValue,
     /// The tightest rate-limit decision so far, echoed in `RateLimit-*` headers.
     rate: Option<Decision>,
+    /// The canonical path Frappe will serve when it differs from the URI's (see `route_path`).
+    call_path: Option<String>,
+}
+
+impl Ctx {
+    /// The DocType / method the request calls, parsed from what Frappe will actually serve.
+    fn frappe_call<'a, B>(&'a self, req: &'a Request<B>) -> FrappeCall<'a> {
+        FrappeCall::parse(self.call_path.as_deref().unwrap_or(req.uri().path()))
+    }
 }
 
 impl Ctx {
@@ -54,7 +64,7 @@ pub async fn handle(
     let (request_id, request_id_header) = request_id(&state, conn.peer, &req);
     let mut log = RequestLog::begin(&state.access_log, &state.metrics, &req, request_id, client_ip);
     log.tls = conn.tls;
-    let mut ctx = Ctx { log, request_id: request_id_header, rate: None };
+    let mut ctx = Ctx { log, request_id: request_id_header, rate: None, call_path: None };
 
     let mut response = match process(&state, &mut ctx, req).await {
         Ok(response) => response,
@@ -64,7 +74,7 @@ pub async fn handle(
             err.to_response(&ctx.log.request_id)
         }
     };
-    let Ctx { mut log, request_id, rate } = ctx;
+    let Ctx { mut log, request_id, rate, .. } = ctx;
     if let Some(decision) = rate {
         decision.write_headers(response.headers_mut());
     }
@@ -84,8 +94,16 @@ async fn process(
     check_header_size(&req, state.config.server.max_header_bytes)?;
     check_declared_length(&req, state.config.server.max_body_bytes)?;
 
-    let route = state.routes.find(req.uri().path());
+    let paths = route_paths(req.uri());
+    let route = state.routes.find_for(&paths);
+    // What Frappe will run, for DocType / RPC rules and the log (None: the path as sent).
+    let call_path = paths.alias.or_else(|| matches!(paths.path, Cow::Owned(_)).then(|| paths.path.into_owned()));
+    ctx.call_path = call_path;
     ctx.log.route = Some(route.path.clone());
+    let call = ctx.frappe_call(&req);
+    let (doctype, rpc) = (call.doctype().map(str::to_string), call.method().map(str::to_string));
+    (ctx.log.doctype, ctx.log.rpc) = (doctype, rpc);
+
     let ip = ctx.log.client_ip;
     check_ip(state.network.check(ip))?;
     check_ip(route.ip_policy.check(ip))?;
@@ -124,7 +142,7 @@ async fn authenticate(
     }
     let rules = state.user_rules(&admitted.user);
     if let Some(rules) = rules {
-        check_user_rules(rules, ip, req)?;
+        check_user_rules(rules, ip, req, &ctx.frappe_call(req))?;
     }
     limit_key(state, ctx, route, rules, &admitted.api_key).await?;
     if !state.config.auth.forward_authorization {
@@ -172,14 +190,18 @@ async fn verify_credentials(
 }
 
 /// `[[user]]` rules: source address, HTTP method, DocTypes and RPC methods.
-fn check_user_rules<B>(rules: &UserRules, ip: IpAddr, req: &Request<B>) -> Result<(), GatewayError> {
+fn check_user_rules<B>(
+    rules: &UserRules,
+    ip: IpAddr,
+    req: &Request<B>,
+    call: &FrappeCall<'_>,
+) -> Result<(), GatewayError> {
     check_ip(rules.ip_policy.check(ip))?;
     if !rules.methods.is_empty() && !rules.methods.contains(req.method()) {
         return Err(GatewayError::forbidden(format!("method {} is not allowed for this API key", req.method()))
             .with_reason(format!("[[user]] methods excludes {}", req.method())));
     }
-    let call = FrappeCall::parse(req.uri().path());
-    check_call(&call, rules.doctypes.as_deref(), rules.rpc.as_deref()).map_err(|denied| {
+    check_call(call, rules.doctypes.as_deref(), rules.rpc.as_deref()).map_err(|denied| {
         let message = denied.to_string();
         GatewayError::forbidden(message.clone()).with_reason(format!("[[user]] rules: {message}"))
     })
@@ -256,7 +278,6 @@ async fn forward(
     mut req: Request<Incoming>,
     user: Option<&str>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    note_frappe_call(&mut ctx.log, req.uri().path());
     let target = &route.target;
     let info = ForwardInfo {
         base: &target.base,
@@ -283,13 +304,6 @@ async fn forward(
     }
     proxy::prepare_response(&mut upstream_response, &ctx.request_id);
     Ok(upstream_response.map(ResponseBody::upstream))
-}
-
-/// Records which DocType or RPC method a Frappe call touches, for the access log.
-fn note_frappe_call(log: &mut RequestLog, path: &str) {
-    let call = FrappeCall::parse(path);
-    log.doctype = call.doctype().map(str::to_string);
-    log.rpc = call.method().map(str::to_string);
 }
 
 fn check_ip(result: Result<(), Denied>) -> Result<(), GatewayError> {

@@ -13,7 +13,9 @@ use crate::access_log::AccessLog;
 use crate::auth::{CredentialStore, FrappeClient, SyncStatus};
 use crate::config::{AuthMode, Config, Rate, Route, UserPolicy};
 use crate::metrics::Metrics;
-use crate::policy::{ClientIpResolver, FailedAuthTracker, IpPolicy, RateLimiter, RestrictIpCache, RevocationBus};
+use crate::policy::{
+    ClientIpResolver, FailedAuthTracker, IpPolicy, RateLimiter, RestrictIpCache, RevocationBus, RoutePaths,
+};
 use crate::proxy::Upstream;
 
 /// Where a matched route sends its requests.
@@ -71,6 +73,32 @@ impl RouteTable {
     /// The longest configured prefix of `path` (routes are sorted longest first).
     pub fn find(&self, path: &str) -> &RouteEntry {
         self.routes.iter().find(|r| path.starts_with(&*r.path)).unwrap_or(&self.fallback)
+    }
+
+    /// The route for a request: matched on the normalized path and on Frappe's canonical alias
+    /// of it (`/api/v1/…`, `?cmd=`…); when they differ the stricter one applies, so no
+    /// spelling of a path escapes its `deny` or `token` route.
+    pub fn find_for(&self, paths: &RoutePaths<'_>) -> &RouteEntry {
+        let primary = self.find(&paths.path);
+        match &paths.alias {
+            Some(alias) => {
+                let aliased = self.find(alias);
+                if strictness(aliased.auth) > strictness(primary.auth) {
+                    aliased
+                } else {
+                    primary
+                }
+            }
+            None => primary,
+        }
+    }
+}
+
+fn strictness(auth: AuthMode) -> u8 {
+    match auth {
+        AuthMode::Public => 0,
+        AuthMode::Token => 1,
+        AuthMode::Deny => 2,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod client_ip;
 pub mod frappe_path;
 pub mod rate_limit;
 pub mod restrict_ip;
+pub mod route_path;
 
 pub use allowlist::{Denied, IpPolicy, IpSet};
 pub use client_ip::ClientIpResolver;
@@ -19,3 +20,4 @@ pub use rate_limit::{
     RevocationBus, SetupError, Subject,
 };
 pub use restrict_ip::{RestrictIp, RestrictIpCache};
+pub use route_path::{route_paths, RoutePaths};
