@@ -73,7 +73,10 @@ async fn readiness(state: &AppState) -> AdminResponse {
         reasons.push(format!("upstream: {reason}"));
     }
     if let Some((false, report)) = &sync {
-        reasons.push(format!("user sync stale: {}", report["last_error"].as_str().unwrap_or("no successful sync yet")));
+        reasons.push(format!(
+            "user sync stale: {}",
+            report["last_error"].as_str().unwrap_or("no successful sync yet")
+        ));
     }
     let body = serde_json::json!({
         "status": if reasons.is_empty() { "ready" } else { "not ready" },
@@ -111,27 +114,46 @@ const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 async fn webhook(state: &AppState, req: Request<Incoming>) -> AdminResponse {
     let Some(secret) = &state.config.frappe.webhook_secret else {
         tracing::warn!("webhook refused: frappe.webhook_secret_env is not set");
-        return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "error": "webhook receiver disabled: set frappe.webhook_secret_env" }));
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "webhook receiver disabled: set frappe.webhook_secret_env" }),
+        );
     };
     let signature = req.headers().get("x-frappe-webhook-signature").cloned();
     let body = match Limited::new(req.into_body(), MAX_WEBHOOK_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return json(StatusCode::PAYLOAD_TOO_LARGE, serde_json::json!({ "error": "webhook body too large or unreadable" })),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({ "error": "webhook body too large or unreadable" }),
+            )
+        }
     };
     if !auth::webhook::verify_signature(secret, &body, signature.as_ref()) {
         tracing::warn!(signature_present = signature.is_some(), "webhook refused: bad or missing signature");
-        return json(StatusCode::UNAUTHORIZED, serde_json::json!({ "error": "bad or missing X-Frappe-Webhook-Signature" }));
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "bad or missing X-Frappe-Webhook-Signature" }),
+        );
     }
     let Some(user) = auth::webhook::parse_user_name(&body) else {
         tracing::warn!("webhook refused: no user name in the body");
-        return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "expected a JSON body with the User's name, e.g. {\"name\": \"{{doc.name}}\"}" }));
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "expected a JSON body with the User's name, e.g. {\"name\": \"{{doc.name}}\"}" }),
+        );
     };
     let sync_token = state.config.frappe.sync_token.as_ref();
-    let refreshed = auth::webhook::handle_user_event(&state.auth.store, state.auth.frappe.as_ref(), sync_token, &user).await;
+    let refreshed =
+        auth::webhook::handle_user_event(&state.auth.store, state.auth.frappe.as_ref(), sync_token, &user)
+            .await;
     if let Some(bus) = &state.limits.revocations {
         bus.publish(&user).await;
     }
-    json(StatusCode::OK, serde_json::json!({ "revoked": user, "refreshed": refreshed.is_ok() && sync_token.is_some() }))
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "revoked": user, "refreshed": refreshed.is_ok() && sync_token.is_some() }),
+    )
 }
 
 /// `GET /api/method/ping` on the upstream: any answer below 500 means Frappe is serving.
@@ -170,7 +192,11 @@ fn metrics(state: &AppState) -> AdminResponse {
 }
 
 fn with_trailing_slash(url: &str) -> String {
-    if url.ends_with('/') { url.to_string() } else { format!("{url}/") }
+    if url.ends_with('/') {
+        url.to_string()
+    } else {
+        format!("{url}/")
+    }
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> AdminResponse {

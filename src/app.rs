@@ -30,8 +30,9 @@ impl From<anyhow::Error> for StartError {
 /// `log.level`. Keep the returned guard alive: dropping it flushes the last lines.
 pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn"))
+    });
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -49,11 +50,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         Some(files) => Some(tls_acceptor(files, config.server.self_signed_if_missing)?),
         None => None,
     };
-    let access_log = AccessLog::start(&config.log.access)
-        .map_err(|e| StartError::Runtime(anyhow::anyhow!("cannot open access log {:?}: {e}", config.log.access)))?;
+    let access_log = AccessLog::start(&config.log.access).map_err(|e| {
+        StartError::Runtime(anyhow::anyhow!("cannot open access log {:?}: {e}", config.log.access))
+    })?;
     let proxy_listener = server::bind(config.server.listen, "server.listen").await?;
     let admin_listener = server::bind(config.admin.listen, "admin.listen").await?;
     let state = Arc::new(AppState::new(config, access_log).await?);
+    let terminated = server::termination_signal().map_err(anyhow::Error::from)?;
 
     tracing::info!(
         proxy_addr = %proxy_listener.local_addr().map_err(anyhow::Error::from)?,
@@ -68,7 +71,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let admin_task = tokio::spawn(admin::serve_admin(admin_listener, state.clone(), stop_rx.clone()));
     let proxy_task = tokio::spawn(server::serve_proxy(proxy_listener, state.clone(), acceptor, stop_rx));
 
-    server::termination_signal().await;
+    terminated.await;
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
     admin_task.abort();
@@ -97,7 +100,9 @@ fn start_background_tasks(state: &Arc<AppState>, stop: &watch::Receiver<bool>) {
         ),
     }
     if frappe.webhook_secret.is_none() {
-        tracing::warn!("no webhook secret (frappe.webhook_secret_env is unset): POST /hooks/frappe is disabled");
+        tracing::warn!(
+            "no webhook secret (frappe.webhook_secret_env is unset): POST /hooks/frappe is disabled"
+        );
     }
     if let Some(bus) = &state.limits.revocations {
         let state = state.clone();
@@ -109,8 +114,13 @@ fn start_background_tasks(state: &Arc<AppState>, stop: &watch::Receiver<bool>) {
                 let (state, user) = (state.clone(), user.to_string());
                 tokio::spawn(async move {
                     let token = state.config.frappe.sync_token.as_ref();
-                    let _ = auth::webhook::handle_user_event(&state.auth.store, state.auth.frappe.as_ref(), token, &user)
-                        .await;
+                    let _ = auth::webhook::handle_user_event(
+                        &state.auth.store,
+                        state.auth.frappe.as_ref(),
+                        token,
+                        &user,
+                    )
+                    .await;
                     tracing::info!(user, "revocation from another instance applied");
                 });
             },

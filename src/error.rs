@@ -69,7 +69,9 @@ impl ErrorKind {
             ErrorKind::Unauthorized | ErrorKind::InvalidAuthorizationToken => "Not Authorized",
             ErrorKind::Forbidden => "Not Permitted",
             ErrorKind::TooManyRequests => "Too Many Requests",
-            ErrorKind::BadGateway | ErrorKind::Unavailable | ErrorKind::GatewayTimeout => "Service Unavailable",
+            ErrorKind::BadGateway | ErrorKind::Unavailable | ErrorKind::GatewayTimeout => {
+                "Service Unavailable"
+            }
             _ => "Message",
         }
     }
@@ -141,7 +143,8 @@ pub fn ceil_secs(d: Duration) -> u64 {
 /// `{"exception": "...", "exc_type": "...", "_server_messages": "[\"{...}\"]", "request_id": "..."}`
 /// exactly as Frappe nests it: `_server_messages` is a JSON string holding a list of JSON strings.
 pub fn frappe_error_body(kind: ErrorKind, message: &str, request_id: &str) -> String {
-    let inner = serde_json::json!({ "message": message, "title": kind.title(), "indicator": "red" }).to_string();
+    let inner =
+        serde_json::json!({ "message": message, "title": kind.title(), "indicator": "red" }).to_string();
     let server_messages = serde_json::Value::Array(vec![inner.into()]).to_string();
     serde_json::json!({
         "exception": format!("frappe.exceptions.{}: {}", kind.exc_type(), message),

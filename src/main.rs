@@ -12,7 +12,11 @@ use frappe_gateway::{app, config, tls};
 const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "frappe-gateway", version, about = "Authenticating TLS reverse proxy for ERPNext / Frappe v15")]
+#[command(
+    name = "frappe-gateway",
+    version,
+    about = "Authenticating TLS reverse proxy for ERPNext / Frappe v15"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, short, global = true, default_value = "gateway.toml")]

@@ -12,7 +12,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Decisions the access log can record, in a fixed order (index into the counter table).
-const DECISIONS: [&str; 6] = ["allow", "deny", "rate_limited", "unavailable", "upstream_error", "client_closed"];
+const DECISIONS: [&str; 6] =
+    ["allow", "deny", "rate_limited", "unavailable", "upstream_error", "client_closed"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Authentication outcomes, as the access log names them.
 pub const AUTH_OUTCOMES: [&str; 7] =
@@ -44,9 +45,14 @@ impl Metrics {
             .collect();
         let auth_family = Family::<Labels, Counter>::default();
         registry.register("auth", "Token authentications by outcome", auth_family.clone());
-        let auth = AUTH_OUTCOMES.iter().map(|o| auth_family.get_or_create(&vec![("outcome", *o)]).clone()).collect();
+        let auth =
+            AUTH_OUTCOMES.iter().map(|o| auth_family.get_or_create(&vec![("outcome", *o)]).clone()).collect();
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register("request_duration_seconds", "Time from request to end of response", latency.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to end of response",
+            latency.clone(),
+        );
         let cache_entries = Gauge::default();
         registry.register("credential_cache_entries", "Cached credentials", cache_entries.clone());
         let redis_degraded = Gauge::default();
@@ -56,10 +62,27 @@ impl Metrics {
             redis_degraded.clone(),
         );
         let sync_age_seconds = Gauge::default();
-        registry.register("sync_age_seconds", "Seconds since the last good user sync (-1: never)", sync_age_seconds.clone());
+        registry.register(
+            "sync_age_seconds",
+            "Seconds since the last good user sync (-1: never)",
+            sync_age_seconds.clone(),
+        );
         let access_log_dropped = Gauge::default();
-        registry.register("access_log_dropped", "Access-log lines dropped because the writer fell behind", access_log_dropped.clone());
-        Metrics { registry, requests, auth, latency, cache_entries, redis_degraded, sync_age_seconds, access_log_dropped }
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            auth,
+            latency,
+            cache_entries,
+            redis_degraded,
+            sync_age_seconds,
+            access_log_dropped,
+        }
     }
 
     /// Counts one finished request.

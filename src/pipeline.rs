@@ -97,7 +97,8 @@ async fn process(
     let paths = route_paths(req.uri());
     let route = state.routes.find_for(&paths);
     // What Frappe will run, for DocType / RPC rules and the log (None: the path as sent).
-    let call_path = paths.alias.or_else(|| matches!(paths.path, Cow::Owned(_)).then(|| paths.path.into_owned()));
+    let call_path =
+        paths.alias.or_else(|| matches!(paths.path, Cow::Owned(_)).then(|| paths.path.into_owned()));
     ctx.call_path = call_path;
     ctx.log.route = Some(route.path.clone());
     let call = ctx.frappe_call(&req);
@@ -198,8 +199,11 @@ fn check_user_rules<B>(
 ) -> Result<(), GatewayError> {
     check_ip(rules.ip_policy.check(ip))?;
     if !rules.methods.is_empty() && !rules.methods.contains(req.method()) {
-        return Err(GatewayError::forbidden(format!("method {} is not allowed for this API key", req.method()))
-            .with_reason(format!("[[user]] methods excludes {}", req.method())));
+        return Err(GatewayError::forbidden(format!(
+            "method {} is not allowed for this API key",
+            req.method()
+        ))
+        .with_reason(format!("[[user]] methods excludes {}", req.method())));
     }
     check_call(call, rules.doctypes.as_deref(), rules.rpc.as_deref()).map_err(|denied| {
         let message = denied.to_string();
@@ -240,7 +244,8 @@ async fn limit_key(
     rules: Option<&UserRules>,
     api_key: &str,
 ) -> Result<(), GatewayError> {
-    let (scope, rate) = match (rules.and_then(|r| r.per_key), route.per_key, state.config.rate_limit.per_key) {
+    let (scope, rate) = match (rules.and_then(|r| r.per_key), route.per_key, state.config.rate_limit.per_key)
+    {
         (Some(rate), _, _) => ("user-key", rate),
         (None, Some(rate), _) => (route.key_scope.as_ref(), rate),
         (None, None, Some(rate)) => ("key", rate),
@@ -317,7 +322,8 @@ fn is_cors_preflight<B>(req: &Request<B>) -> bool {
 
 /// `?sid=` would let Frappe act as a session's user instead of the token's (FRAPPE.md §8).
 fn reject_session_parameter<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    let has_sid = req.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("sid")));
+    let has_sid =
+        req.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("sid")));
     if has_sid {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,

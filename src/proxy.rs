@@ -89,7 +89,11 @@ impl Upstream {
     /// Sends `req` upstream and returns the response head; the body streams afterwards.
     /// Refused / reset → 502, no response head within `upstream.timeout` → 504, and a body
     /// that outgrew its cap while streaming → 413.
-    pub async fn send(&self, req: Request<ProxyBody>, stats: &BodyStats) -> Result<Response<Incoming>, GatewayError> {
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        stats: &BodyStats,
+    ) -> Result<Response<Incoming>, GatewayError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(_)) if stats.too_large.load(Ordering::Relaxed) => Err(body_too_large()),
@@ -272,7 +276,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = ProxyBodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
         match Pin::new(inner).poll_frame(cx) {
@@ -306,8 +313,21 @@ impl Body for ProxyBody {
 mod tests {
     use super::*;
 
-    fn info<'a>(base: &'a Uri, host: &'a HeaderValue, rid: &'a HeaderValue, user: Option<(&'a HeaderName, &'a str)>) -> ForwardInfo<'a> {
-        ForwardInfo { base, host, site_name: None, client_ip: "203.0.113.9".parse().unwrap(), proto: "https", request_id: rid, user }
+    fn info<'a>(
+        base: &'a Uri,
+        host: &'a HeaderValue,
+        rid: &'a HeaderValue,
+        user: Option<(&'a HeaderName, &'a str)>,
+    ) -> ForwardInfo<'a> {
+        ForwardInfo {
+            base,
+            host,
+            site_name: None,
+            client_ip: "203.0.113.9".parse().unwrap(),
+            proto: "https",
+            request_id: rid,
+            user,
+        }
     }
 
     #[test]

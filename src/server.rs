@@ -1,7 +1,6 @@
 //! Listeners: bind (returning the real addresses, so tests can bind port 0), the accept loop
 //! with its connection cap, TLS handshakes, HTTP/1.1 + HTTP/2 serving, graceful drain.
 
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +34,12 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 /// Accepts and serves proxy connections until shutdown, then lets in-flight requests finish
 /// for at most `shutdown_grace`. At `max_connections` further clients wait in the kernel's
 /// accept queue instead of being accepted.
-pub async fn serve_proxy(listener: TcpListener, state: Arc<AppState>, tls: Option<TlsAcceptor>, mut shutdown: ShutdownSignal) {
+pub async fn serve_proxy(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<TlsAcceptor>,
+    mut shutdown: ShutdownSignal,
+) {
     let server = &state.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let http = Arc::new(http_builder(server));
@@ -121,13 +125,19 @@ async fn serve_connection(
 
 /// Serves one connection until it closes, it has been silent for `idle_timeout`, or
 /// shutdown begins; the last two close it gracefully (in-flight requests finish first).
-async fn serve_io<I>(io: I, info: Arc<ConnInfo>, state: Arc<AppState>, http: Arc<auto::Builder<TokioExecutor>>, mut shutdown: ShutdownSignal)
-where
+async fn serve_io<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    state: Arc<AppState>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: ShutdownSignal,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let idle_timeout = state.config.server.idle_timeout;
     let (io, activity) = ActivityIo::new(io);
-    let service = service_fn(move |req: Request<Incoming>| pipeline::handle(state.clone(), info.clone(), req));
+    let service =
+        service_fn(move |req: Request<Incoming>| pipeline::handle(state.clone(), info.clone(), req));
     let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -180,7 +190,11 @@ impl<I> ActivityIo<I> {
 }
 
 impl<I: AsyncRead> AsyncRead for ActivityIo<I> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
@@ -201,7 +215,11 @@ impl<I: AsyncWrite> AsyncWrite for ActivityIo<I> {
         polled
     }
 
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let polled = this.inner.poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
@@ -231,15 +249,16 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub fn termination_signal() -> impl Future<Output = ()> {
-    async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+/// Registers SIGTERM / SIGINT handlers now (so a signal arriving while the gateway starts is
+/// not lost) and returns a future that resolves when either arrives.
+pub fn termination_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received; draining"),
             _ = int.recv() => tracing::info!("SIGINT received; draining"),
         }
-    }
+    })
 }

@@ -14,7 +14,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: file.clone(),
-        issues: vec![ConfigIssue { key: "--config".into(), line: 0, message: format!("cannot read file: {e}") }],
+        issues: vec![ConfigIssue {
+            key: "--config".into(),
+            line: 0,
+            message: format!("cannot read file: {e}"),
+        }],
     })?;
     parse(&src, &file, &|name| std::env::var(name).ok())
 }

@@ -56,11 +56,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses and validates `src` (the text of `file`); `env` looks up `_env` variables.
-pub fn parse(
-    src: &str,
-    file: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+pub fn parse(src: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let mut v = Validator { src, env, issues: Vec::new() };
     let config = match toml::from_str::<RawConfig>(src) {
         Ok(raw) => Some(v.config(raw)),
@@ -175,7 +171,9 @@ impl Validator<'_> {
         let frappe = self.frappe(&raw.frappe, &upstream);
         let auth = self.auth(&raw.auth);
         let network = NetworkConfig {
-            trusted_proxies: self.cidrs("network.trusted_proxies", &raw.network.trusted_proxies).unwrap_or_default(),
+            trusted_proxies: self
+                .cidrs("network.trusted_proxies", &raw.network.trusted_proxies)
+                .unwrap_or_default(),
             allow: self.cidrs("network.allow", &raw.network.allow).unwrap_or_default(),
             deny: self.cidrs("network.deny", &raw.network.deny).unwrap_or_default(),
         };
@@ -191,10 +189,9 @@ impl Validator<'_> {
             .value("server.listen", &s.listen, |v| parse_socket_addr(v))
             .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("valid default"));
         let tls = match (&s.tls_cert, &s.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert: PathBuf::from(cert.get_ref()),
-                key: PathBuf::from(key.get_ref()),
-            }),
+            (Some(cert), Some(key)) => {
+                Some(TlsFiles { cert: PathBuf::from(cert.get_ref()), key: PathBuf::from(key.get_ref()) })
+            }
             (None, None) => None,
             (Some(c), None) => {
                 self.issue("server.tls_key", Some(c.span()), "tls_cert is set but tls_key is missing");
@@ -226,7 +223,11 @@ impl Validator<'_> {
         };
         let u = raw.get_ref();
         if u.url.is_none() {
-            self.issue("upstream.url", Some(raw.span()), "is required (the Frappe site, e.g. \"http://127.0.0.1:8000\")");
+            self.issue(
+                "upstream.url",
+                Some(raw.span()),
+                "is required (the Frappe site, e.g. \"http://127.0.0.1:8000\")",
+            );
         }
         let url = self.url("upstream.url", &u.url).unwrap_or_else(fallback);
         let mut cfg = upstream_defaults(url);
@@ -292,7 +293,8 @@ impl Validator<'_> {
             })
             .unwrap_or(RateLimitBackend::Local);
         let redis = backend == RateLimitBackend::Redis;
-        let redis_url = self.secret_env("rate_limit.redis_url_env", &r.redis_url_env, "GATEWAY_REDIS_URL", redis);
+        let redis_url =
+            self.secret_env("rate_limit.redis_url_env", &r.redis_url_env, "GATEWAY_REDIS_URL", redis);
         let redis_url = if redis { redis_url } else { None };
         RateLimitConfig {
             backend,
@@ -312,7 +314,11 @@ impl Validator<'_> {
             let span = r.span();
             let r = r.get_ref();
             let path = self.value(&k("path"), &r.path, |p| {
-                if p.starts_with('/') { Ok(p.clone()) } else { Err(format!("{p:?} must start with '/'")) }
+                if p.starts_with('/') {
+                    Ok(p.clone())
+                } else {
+                    Err(format!("{p:?} must start with '/'"))
+                }
             });
             if r.path.is_none() {
                 self.issue(&k("path"), Some(span.clone()), "is required");
@@ -324,7 +330,9 @@ impl Validator<'_> {
                 "token" => Ok(AuthMode::Token),
                 "public" => Ok(AuthMode::Public),
                 "deny" => Ok(AuthMode::Deny),
-                other => Err(format!("unknown auth mode {other:?}; expected \"token\", \"public\" or \"deny\"")),
+                other => {
+                    Err(format!("unknown auth mode {other:?}; expected \"token\", \"public\" or \"deny\""))
+                }
             });
             let route = Route {
                 path: path.unwrap_or_default(),
@@ -334,14 +342,16 @@ impl Validator<'_> {
                 per_key: self.rate(&k("per_key"), &r.per_key),
                 upstream: self.url(&k("upstream"), &r.upstream),
             };
-            if let Some(dup) = routes.iter().position(|x: &Route| x.path == route.path && !route.path.is_empty()) {
+            if let Some(dup) =
+                routes.iter().position(|x: &Route| x.path == route.path && !route.path.is_empty())
+            {
                 let span = r.path.as_ref().map(|p| p.span());
                 self.issue(&k("path"), span, format!("duplicates route[{dup}].path {:?}", route.path));
             }
             routes.push(route);
         }
         // Longest prefix first: the first match is the most specific.
-        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         routes
     }
 
@@ -423,7 +433,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `"N/sec"`, `"N/min"`, `"N/hour"` (also `s`, `second`, `m`, `minute`, `h`, `day`),
 /// optionally with an explicit burst: `"100/min burst 20"`.
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
-    let err = || format!("invalid rate {s:?}; use \"N/sec\", \"N/min\" or \"N/hour\" (optionally \"… burst B\")");
+    let err =
+        || format!("invalid rate {s:?}; use \"N/sec\", \"N/min\" or \"N/hour\" (optionally \"… burst B\")");
     let (rate, burst) = match s.split_once(" burst ") {
         Some((r, b)) => (r.trim(), Some(b.trim().parse::<u32>().map_err(|_| err())?)),
         None => (s.trim(), None),
@@ -438,7 +449,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         _ => return Err(err()),
     };
     if count == 0 || burst == Some(0) {
-        return Err(format!("invalid rate {s:?}: count and burst must be at least 1 (use auth = \"deny\" to block)"));
+        return Err(format!(
+            "invalid rate {s:?}: count and burst must be at least 1 (use auth = \"deny\" to block)"
+        ));
     }
     Ok(Rate { count, per, burst: burst.unwrap_or(count) })
 }
@@ -446,10 +459,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (`/32`, `/128`).
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let t = s.trim();
-    t.parse::<IpNet>()
-        .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map(|n| n.trunc())
-        .map_err(|_| format!("invalid CIDR {s:?}; use e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"203.0.113.7\""))
+    t.parse::<IpNet>().or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from)).map(|n| n.trunc()).map_err(
+        |_| format!("invalid CIDR {s:?}; use e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or \"203.0.113.7\""),
+    )
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
@@ -470,7 +482,11 @@ fn parse_http_url(s: &str) -> Result<Uri, String> {
 
 fn parse_host(s: &str) -> Result<String, String> {
     let ok = !s.is_empty() && s.parse::<http::uri::Authority>().is_ok();
-    if ok { Ok(s.to_string()) } else { Err(format!("invalid host name {s:?}")) }
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("invalid host name {s:?}"))
+    }
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -509,7 +525,8 @@ mod tests {
 
     #[test]
     fn errors_name_key_and_line() {
-        let src = format!("{MIN}[server]\nheader_read_timeout = \"ten\"\n[network]\nallow = [\"10.0.0.0/33\"]\n");
+        let src =
+            format!("{MIN}[server]\nheader_read_timeout = \"ten\"\n[network]\nallow = [\"10.0.0.0/33\"]\n");
         let e = check(&src).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("line 4: server.header_read_timeout"), "{text}");

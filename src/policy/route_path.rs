@@ -104,8 +104,14 @@ mod tests {
         let target = Some("/api/method/frappe.client.get_password".to_string());
         assert_eq!(paths("/api/v1/method/frappe.client.get_password").1, target);
         assert_eq!(paths("/api/v2/method/frappe.client.get_password").1, target);
-        assert_eq!(paths("/api/method/frappe.client.get%5Fpassword").0, "/api/method/frappe.client.get_password");
-        assert_eq!(paths("/%61pi//method/./frappe.client.get_password").0, "/api/method/frappe.client.get_password");
+        assert_eq!(
+            paths("/api/method/frappe.client.get%5Fpassword").0,
+            "/api/method/frappe.client.get_password"
+        );
+        assert_eq!(
+            paths("/%61pi//method/./frappe.client.get_password").0,
+            "/api/method/frappe.client.get_password"
+        );
         assert_eq!(paths("/?cmd=frappe.client.get_password&name=x").1, target);
         assert_eq!(paths("/api/resource/ToDo?c%6Dd=frappe.client.get_password").1, target);
     }
