@@ -92,8 +92,9 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.max_header_bytes * 2).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
-        .keep_alive_interval(server.idle_timeout / 2)
-        .keep_alive_timeout(Duration::from_secs(20));
+        // No server PINGs: they would count as activity and keep idle connections open
+        // forever; the idle timer below closes silent connections instead.
+        .keep_alive_interval(None);
     builder
 }
 
