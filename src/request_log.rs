@@ -25,8 +25,9 @@ pub struct RequestLog {
     wall: SystemTime,
     pub request_id: Arc<str>,
     pub client_ip: IpAddr,
-    method: Method,
-    uri: Uri,
+    /// `None` for a request hyper could not parse.
+    method: Option<Method>,
+    uri: Option<Uri>,
     version: Version,
     pub tls: Option<&'static str>,
     pub status: u16,
@@ -59,8 +60,8 @@ impl RequestLog {
             wall: SystemTime::now(),
             request_id,
             client_ip,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
+            method: Some(req.method().clone()),
+            uri: Some(req.uri().clone()),
             version: req.version(),
             tls: None,
             status: CLIENT_CLOSED,
@@ -78,6 +79,23 @@ impl RequestLog {
         }
     }
 
+    /// The entry for a request whose head HTTP/1.1 parsing rejected (hyper answered it with a
+    /// bare 400 / 431 and closed the connection): there is no method or path to log.
+    pub fn unparsed(
+        sink: &AccessLog,
+        metrics: &Arc<Metrics>,
+        request_id: Arc<str>,
+        client_ip: IpAddr,
+        status: u16,
+        reason: &'static str,
+    ) -> Self {
+        let req = http::Request::new(());
+        let mut log = RequestLog::begin(sink, metrics, &req, request_id, client_ip);
+        (log.method, log.uri, log.status) = (None, None, status);
+        (log.decision, log.reason) = ("deny", Some(Cow::Borrowed(reason)));
+        log
+    }
+
     /// Records a refusal the gateway answered itself.
     pub fn refused(&mut self, err: &GatewayError) {
         self.decision = err.kind.decision();
@@ -93,8 +111,8 @@ impl RequestLog {
             time: timestamp(self.wall),
             request_id: self.request_id.clone(),
             client_ip: self.client_ip,
-            method: self.method.to_string(),
-            path: loggable_path(&self.uri),
+            method: self.method.as_ref().map_or_else(|| "-".to_string(), Method::to_string),
+            path: self.uri.as_ref().map_or_else(|| "-".to_string(), loggable_path),
             protocol: protocol_name(self.version),
             tls: self.tls,
             status: self.status,

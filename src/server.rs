@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::pipeline::{self, ConnInfo};
+use crate::request_log::RequestLog;
 use crate::state::AppState;
 
 /// `true` once shutdown has begun.
@@ -135,19 +136,63 @@ async fn serve_io<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let idle_timeout = state.config.server.idle_timeout;
+    let (idle_timeout, first_request_timeout) =
+        (state.config.server.idle_timeout, state.config.server.header_read_timeout);
     let (io, activity) = ActivityIo::new(io);
-    let service =
-        service_fn(move |req: Request<Incoming>| pipeline::handle(state.clone(), info.clone(), req));
+    let served = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (state, info, served) = (state.clone(), info.clone(), served.clone());
+        service_fn(move |req: Request<Incoming>| {
+            served.store(true, Ordering::Relaxed);
+            pipeline::handle(state.clone(), info.clone(), req)
+        })
+    };
     let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
-        _ = conn.as_mut() => return,
+        result = conn.as_mut() => return log_connection_end(&state, &info, result),
         _ = shutdown.changed() => {}
         _ = activity.idle_for(idle_timeout) => {}
+        // hyper's header timer starts only once it knows the protocol: a client that
+        // connects and says nothing must not hold a connection slot for idle_timeout.
+        _ = first_request_overdue(&served, first_request_timeout) => {}
     }
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    let result = conn.await;
+    log_connection_end(&state, &info, result);
+}
+
+/// Resolves when no request has arrived `limit` after the connection started.
+async fn first_request_overdue(served: &AtomicBool, limit: Duration) {
+    tokio::time::sleep(limit).await;
+    if served.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A request head hyper rejected (too large, malformed) never reached the pipeline: it still
+/// gets its access-log line.
+fn log_connection_end(
+    state: &AppState,
+    info: &ConnInfo,
+    result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
+) {
+    let Err(error) = result else { return };
+    let Some(error) = error.downcast_ref::<hyper::Error>() else { return };
+    let (status, reason) = if error.is_parse_too_large() {
+        (431, "request head larger than the HTTP parser accepts")
+    } else if error.is_parse() {
+        (400, "malformed request head")
+    } else {
+        if error.is_timeout() {
+            tracing::debug!(peer = %info.peer, "client too slow sending request headers; disconnected");
+        }
+        return;
+    };
+    let request_id = state.request_ids.next();
+    let mut log =
+        RequestLog::unparsed(&state.access_log, &state.metrics, request_id, info.peer, status, reason);
+    log.tls = info.tls;
 }
 
 pin_project_lite::pin_project! {

@@ -40,7 +40,10 @@ fn expect_error(extra: &str, key: &str, line: usize) {
     assert_eq!(out.status.code(), Some(2), "exit code for {key}: {stderr}");
     let wanted = format!("line {line}: {key}");
     assert!(stderr.contains(&wanted), "expected {wanted:?} in:\n{stderr}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "nothing may listen after a config error");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing may listen after a config error"
+    );
 }
 
 #[test]
@@ -91,7 +94,8 @@ fn bad_listen_address_and_url() {
 #[test]
 fn missing_certificate_refuses_to_start_and_names_gen_cert() {
     let port = free_port();
-    let config = base(port).replace("[admin]", "tls_cert = \"certs/none.crt\"\ntls_key = \"certs/none.key\"\n[admin]");
+    let config =
+        base(port).replace("[admin]", "tls_cert = \"certs/none.crt\"\ntls_key = \"certs/none.key\"\n[admin]");
     let (out, dir) = run(&[], &config, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -104,17 +108,22 @@ fn missing_certificate_refuses_to_start_and_names_gen_cert() {
 fn check_prints_effective_config_with_secrets_redacted() {
     let config = format!("{}[frappe]\nsync_token_env = \"FGW_TEST_SYNC\"\n", base(free_port()));
     let secret = "0123456789abcde:fedcba987654321";
-    let (out, _dir) = run(&["check"], &config, &[("FGW_TEST_SYNC", secret), ("GATEWAY_WEBHOOK_SECRET", "whsecret-xyz")]);
+    let (out, _dir) =
+        run(&["check"], &config, &[("FGW_TEST_SYNC", secret), ("GATEWAY_WEBHOOK_SECRET", "whsecret-xyz")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("max_body_bytes: 26214400"), "defaults shown: {stdout}");
     assert!(stdout.contains("<redacted>"), "{stdout}");
-    assert!(!stdout.contains("fedcba987654321") && !stdout.contains("whsecret-xyz"), "secret leaked: {stdout}");
+    assert!(
+        !stdout.contains("fedcba987654321") && !stdout.contains("whsecret-xyz"),
+        "secret leaked: {stdout}"
+    );
 }
 
 #[test]
 fn check_reports_errors_with_exit_2() {
-    let (out, _dir) = run(&["check"], "[upstream]\nurl = \"http://127.0.0.1:8000\"\n[log]\nlevel = \"loud\"\n", &[]);
+    let (out, _dir) =
+        run(&["check"], "[upstream]\nurl = \"http://127.0.0.1:8000\"\n[log]\nlevel = \"loud\"\n", &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 4: log.level"));
 }

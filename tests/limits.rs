@@ -325,10 +325,6 @@ async fn partial_request_line_is_dropped_after_header_read_timeout() {
 
 /// A complete TLS handshake and then not a single byte of HTTP.
 #[tokio::test]
-#[ignore = "gateway bug: server.rs serve_io hands the connection to hyper-util's auto::Builder, \
-            whose HTTP-version sniffing (ReadVersion) waits for bytes with no timeout; \
-            header_read_timeout only starts inside hyper's HTTP/1 head parser, so a silent client \
-            holds a max_connections slot until idle_timeout"]
 async fn silent_client_after_tls_handshake_is_dropped_after_header_read_timeout() {
     let frappe = FakeFrappe::start().await;
     let certs = Certs::generate();
@@ -451,9 +447,6 @@ async fn idle_http1_connection_is_closed_after_idle_timeout() {
 /// The same for HTTP/2: the gateway's own keep-alive pings (and the client's automatic acks)
 /// are not requests and must not keep an idle connection open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: server.rs serve_io measures idleness by bytes moved (ActivityIo), and the \
-            HTTP/2 keep-alive pings the gateway itself sends every idle_timeout/2 (and their acks) \
-            count as activity, so an idle HTTP/2 connection is never closed"]
 async fn idle_http2_connection_is_closed_after_idle_timeout() {
     let frappe = FakeFrappe::start().await;
     let certs = Certs::generate();
