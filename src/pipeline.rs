@@ -1,7 +1,7 @@
 //! The whole request path, top to bottom, in security order:
 //!
-//! client IP → limits on size → route → IP policy → pre-auth rate limit and lockout →
-//! credentials → user policy → per-key rate limit → forward.
+//! client IP → limits on size → route → IP policy → pre-auth rate limit → failed-auth
+//! lockout → credentials → user policy → per-key rate limit → forward.
 //!
 //! `handle` is the one exit: it turns refusals into Frappe-shaped responses, adds the request
 //! id and rate-limit headers, and hands the access-log entry to the response body so every
@@ -112,7 +112,6 @@ async fn process(
         return Err(GatewayError::forbidden("this API path is not available through the gateway")
             .with_reason(format!("route {} is auth = \"deny\"", route.path)));
     }
-    check_lockout(state, ip).await?;
     limit_ip(state, ctx, route).await?;
 
     let user = match route.auth {
@@ -129,6 +128,7 @@ async fn authenticate(
     route: &RouteEntry,
     req: &mut Request<Incoming>,
 ) -> Result<Arc<str>, GatewayError> {
+    check_lockout(state, ctx.log.client_ip).await?;
     reject_session_parameter(req)?;
     // Frappe prefers a valid cookie session over a token: the user header must name the
     // user Frappe acts as, so sessions never ride along on token routes.
