@@ -3,9 +3,11 @@
 mod raw;
 mod types;
 mod validate;
+mod values;
 
 pub use types::*;
-pub use validate::{parse, parse_cidr, parse_duration, parse_rate, ConfigError, ConfigIssue};
+pub use validate::{parse, ConfigError, ConfigIssue};
+pub use values::{parse_cidr, parse_duration, parse_rate};
 
 use std::path::Path;
 
