@@ -5,11 +5,11 @@ use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -17,6 +17,9 @@ use crate::config::AccessLogTarget;
 
 /// Lines queued beyond this are dropped (and counted) rather than stalling requests.
 const QUEUE_LINES: usize = 64 * 1024;
+/// How often the writer wakes to write what queued up. Waking per line would cost a thread
+/// wake-up (futex + context switch) per request; this bounds how stale the file can be.
+const WRITE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Everything one access-log line says about a request. Never holds a secret.
 #[derive(Debug, Serialize)]
@@ -58,6 +61,14 @@ pub struct AccessRecord {
 pub struct AccessLog {
     tx: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
+    writer: Option<Arc<Writer>>,
+}
+
+/// The writer thread and the handshake that lets shutdown wait for the last lines.
+struct Writer {
+    thread: thread::Thread,
+    closing: AtomicBool,
+    drained: (Mutex<bool>, Condvar),
 }
 
 impl AccessLog {
@@ -65,13 +76,34 @@ impl AccessLog {
     pub fn start(target: &AccessLogTarget) -> io::Result<Self> {
         let dropped = Arc::new(AtomicU64::new(0));
         let out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped }),
+            AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped, writer: None }),
             AccessLogTarget::Stdout => Box::new(io::stdout()),
             AccessLogTarget::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = sync_channel(QUEUE_LINES);
-        thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out))?;
-        Ok(AccessLog { tx: Some(tx), dropped })
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        thread::Builder::new().name("access-log".into()).spawn(move || {
+            let writer = Arc::new(Writer {
+                thread: thread::current(),
+                closing: AtomicBool::new(false),
+                drained: (Mutex::new(false), Condvar::new()),
+            });
+            let _ = ready_tx.send(writer.clone());
+            write_lines(&rx, out, &writer);
+        })?;
+        let writer = ready_rx.recv().map_err(|_| io::Error::other("access-log writer did not start"))?;
+        Ok(AccessLog { tx: Some(tx), dropped, writer: Some(writer) })
+    }
+
+    /// Writes everything queued so far and stops the writer; waits at most `timeout`.
+    /// Lines logged afterwards are dropped. Called once, at shutdown.
+    pub fn close(&self, timeout: Duration) {
+        let Some(writer) = &self.writer else { return };
+        writer.closing.store(true, Ordering::Release);
+        writer.thread.unpark();
+        let (done, signal) = &writer.drained;
+        let guard = done.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = signal.wait_timeout_while(guard, timeout, |drained| !*drained);
     }
 
     /// Queues one line; never blocks. A full queue drops the line and counts it.
@@ -93,18 +125,30 @@ impl AccessLog {
     }
 }
 
-/// Writes queued lines, flushing whenever the queue runs dry, so lines appear promptly
-/// under light load and in large writes under heavy load.
-fn write_lines(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
+/// Every `WRITE_INTERVAL` (or when shutdown asks), writes all queued lines in large writes
+/// and flushes.
+fn write_lines(rx: &Receiver<Vec<u8>>, out: Box<dyn Write + Send>, writer: &Writer) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(&line);
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(&more);
-        }
+    loop {
+        let closing = writer.closing.load(Ordering::Acquire);
+        let open = loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    let _ = out.write_all(&line);
+                }
+                Err(TryRecvError::Empty) => break true,
+                Err(TryRecvError::Disconnected) => break false,
+            }
+        };
         let _ = out.flush();
+        if closing || !open {
+            break;
+        }
+        thread::park_timeout(WRITE_INTERVAL);
     }
-    let _ = out.flush();
+    let (done, signal) = &writer.drained;
+    *done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    signal.notify_all();
 }
 
 /// RFC 3339 UTC time with milliseconds.

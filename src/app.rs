@@ -2,6 +2,7 @@
 //! background tasks, and the shutdown sequence.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -75,6 +76,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     let _ = proxy_task.await;
     admin_task.abort();
+    state.access_log.close(Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())
 }
