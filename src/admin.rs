@@ -164,7 +164,7 @@ async fn probe_upstream(state: &AppState) -> Result<u16, String> {
     if let Ok(host) = HeaderValue::from_str(&state.config.upstream.host) {
         req.headers_mut().insert(HOST, host);
     }
-    let response = tokio::time::timeout(PROBE_TIMEOUT, state.upstream.send(req, &stats))
+    let response = tokio::time::timeout(PROBE_TIMEOUT, state.probe.send(req, &stats))
         .await
         .map_err(|_| format!("upstream did not answer within {PROBE_TIMEOUT:?}"))?
         .map_err(|e| e.reason.to_string())?;

@@ -54,13 +54,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let access_log = AccessLog::start(&config.log.access).map_err(|e| {
         StartError::Runtime(anyhow::anyhow!("cannot open access log {:?}: {e}", config.log.access))
     })?;
-    let proxy_listener = server::bind(config.server.listen, "server.listen").await?;
+    let proxy_listeners = server::bind_workers(config.server.listen, config.server.workers)?;
     let admin_listener = server::bind(config.admin.listen, "admin.listen").await?;
     let state = Arc::new(AppState::new(config, access_log).await?);
     let terminated = server::termination_signal().map_err(anyhow::Error::from)?;
 
     tracing::info!(
-        proxy_addr = %proxy_listener.local_addr().map_err(anyhow::Error::from)?,
+        proxy_addr = %proxy_listeners[0].local_addr().map_err(anyhow::Error::from)?,
+        workers = proxy_listeners.len(),
         admin_addr = %admin_listener.local_addr().map_err(anyhow::Error::from)?,
         tls = acceptor.is_some(),
         upstream = %state.config.upstream.url,
@@ -70,15 +71,47 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     start_background_tasks(&state, &stop_rx);
     let admin_task = tokio::spawn(admin::serve_admin(admin_listener, state.clone(), stop_rx.clone()));
-    let proxy_task = tokio::spawn(server::serve_proxy(proxy_listener, state.clone(), acceptor, stop_rx));
+    let workers = spawn_workers(proxy_listeners, &state, acceptor, &stop_rx)?;
 
     terminated.await;
     let _ = stop_tx.send(true);
-    let _ = proxy_task.await;
+    let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
     admin_task.abort();
     state.access_log.close(Duration::from_secs(5));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts one proxy worker thread per listener, each with its own single-threaded event loop
+/// (thread-per-core, as nginx runs workers): a request, its TLS session and its upstream
+/// connection stay on one thread, with no cross-thread wake-ups on the hot path.
+fn spawn_workers(
+    listeners: Vec<std::net::TcpListener>,
+    state: &Arc<AppState>,
+    acceptor: Option<TlsAcceptor>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(state.config.server.max_connections));
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(worker, listener)| {
+            let (state, acceptor, stop, slots) =
+                (state.clone(), acceptor.clone(), stop.clone(), slots.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let thread = std::thread::Builder::new().name(format!("proxy-{worker}")).spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            server::serve_proxy(listener, state, acceptor, slots, worker, stop).await
+                        }
+                        Err(e) => tracing::error!(worker, error = %e, "proxy worker cannot use its listener"),
+                    }
+                });
+            })?;
+            Ok(thread)
+        })
+        .collect()
 }
 
 /// Credential sync (when a sync token is set) and the cross-instance revocation subscriber

@@ -85,7 +85,9 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     let _log_guard = app::init_logging(&config.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The main runtime runs the admin listener and background tasks; proxy traffic runs on
+    // the worker threads `app::run` starts.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

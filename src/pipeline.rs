@@ -29,6 +29,8 @@ use crate::state::{AppState, RouteEntry, UserRules};
 pub struct ConnInfo {
     pub peer: IpAddr,
     pub tls: Option<&'static str>,
+    /// The proxy worker serving the connection (selects its upstream pool).
+    pub worker: usize,
 }
 
 /// Per-request state carried through the pipeline.
@@ -39,6 +41,7 @@ struct Ctx {
     rate: Option<Decision>,
     /// The canonical path Frappe will serve when it differs from the URI's (see `route_path`).
     call_path: Option<String>,
+    worker: usize,
 }
 
 impl Ctx {
@@ -64,7 +67,8 @@ pub async fn handle(
     let (request_id, request_id_header) = request_id(&state, conn.peer, &req);
     let mut log = RequestLog::begin(&state.access_log, &state.metrics, &req, request_id, client_ip);
     log.tls = conn.tls;
-    let mut ctx = Ctx { log, request_id: request_id_header, rate: None, call_path: None };
+    let mut ctx =
+        Ctx { log, request_id: request_id_header, rate: None, call_path: None, worker: conn.worker };
 
     let mut response = match process(&state, &mut ctx, req).await {
         Ok(response) => response,
@@ -299,7 +303,7 @@ async fn forward(
     let stats = Arc::new(BodyStats::default());
     ctx.log.body_stats = Some(stats.clone());
     let req = req.map(|body| ProxyBody::new(body, state.config.server.max_body_bytes, stats.clone()));
-    let mut upstream_response = state.upstream.send(req, &stats).await?;
+    let mut upstream_response = state.upstreams[ctx.worker].send(req, &stats).await?;
     ctx.log.upstream_status = Some(upstream_response.status().as_u16());
 
     if let Some(client_upgrade) = client_upgrade {

@@ -15,7 +15,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -32,23 +32,40 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
-/// Accepts and serves proxy connections until shutdown, then lets in-flight requests finish
-/// for at most `shutdown_grace`. At `max_connections` further clients wait in the kernel's
-/// accept queue instead of being accepted.
+/// Binds `workers` listeners on one address with SO_REUSEPORT, so the kernel spreads new
+/// connections over the proxy workers. Port 0 picks one ephemeral port for all of them.
+/// Must run inside a Tokio runtime; the listeners are handed over as std sockets.
+pub fn bind_workers(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .with_context(|| format!("cannot create a socket for {addr}"))?;
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr).with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
+        let listener =
+            socket.listen(1024).with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// One proxy worker: accepts and serves connections until shutdown, then lets in-flight
+/// requests finish for at most `shutdown_grace`. `slots` (shared by all workers) holds
+/// `max_connections` permits: at the cap, further clients wait in the kernel's accept queue.
 pub async fn serve_proxy(
     listener: TcpListener,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
+    slots: Arc<Semaphore>,
+    worker: usize,
     mut shutdown: ShutdownSignal,
 ) {
     let server = &state.config.server;
-    let slots = Arc::new(Semaphore::new(server.max_connections));
     let http = Arc::new(http_builder(server));
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -61,9 +78,17 @@ pub async fn serve_proxy(
             },
             _ = shutdown.changed() => break,
         };
+        // Accept first, then wait for a slot: with SO_REUSEPORT the kernel has already
+        // chosen this worker for the connection, so a worker waiting for a slot *before*
+        // accepting could hold the freed slot while the waiting client sits in another
+        // worker's queue. At the cap, each worker holds at most one client waiting here.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
         let (state, tls, http, shutdown) = (state.clone(), tls.clone(), http.clone(), shutdown.clone());
         tokio::spawn(async move {
-            serve_connection(stream, peer, state, tls, http, shutdown).await;
+            serve_connection(stream, peer, worker, state, tls, http, shutdown).await;
             drop(permit);
         });
     }
@@ -102,6 +127,7 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    worker: usize,
     state: Arc<AppState>,
     tls: Option<TlsAcceptor>,
     http: Arc<auto::Builder<TokioExecutor>>,
@@ -110,14 +136,14 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let peer_ip = canonical_ip(peer.ip());
     let Some(tls) = tls else {
-        let info = Arc::new(ConnInfo { peer: peer_ip, tls: None });
+        let info = Arc::new(ConnInfo { peer: peer_ip, tls: None, worker });
         return serve_io(stream, info, state, http, shutdown).await;
     };
     let handshake = tokio::time::timeout(state.config.server.header_read_timeout, tls.accept(stream));
     match handshake.await {
         Ok(Ok(stream)) => {
             let version = crate::tls::version_name(stream.get_ref().1.protocol_version());
-            let info = Arc::new(ConnInfo { peer: peer_ip, tls: version });
+            let info = Arc::new(ConnInfo { peer: peer_ip, tls: version, worker });
             serve_io(stream, info, state, http, shutdown).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

@@ -201,7 +201,11 @@ pub struct AppState {
     pub users: HashMap<String, UserRules>,
     pub auth: AuthState,
     pub limits: LimitState,
-    pub upstream: Upstream,
+    /// One upstream pool per proxy worker (index = worker), so a request and its pooled
+    /// connection live on the same thread.
+    pub upstreams: Vec<Upstream>,
+    /// The admin listener's own client for readiness probes.
+    pub probe: Upstream,
     pub access_log: AccessLog,
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
@@ -226,7 +230,9 @@ impl AppState {
             site_name: config.upstream.site_name.as_deref().map(header_value).transpose()?,
         });
         let routes = RouteTable::build(&config, &default_target)?;
-        let upstream = Upstream::new(config.upstream.connect_timeout, config.upstream.timeout);
+        let new_upstream = || Upstream::new(config.upstream.connect_timeout, config.upstream.timeout);
+        let upstreams = (0..config.server.workers).map(|_| new_upstream()).collect();
+        let probe = new_upstream();
         let frappe = Arc::new(FrappeClient::new(
             &config.frappe.url,
             &config.upstream.host,
@@ -253,7 +259,8 @@ impl AppState {
             users,
             auth,
             limits,
-            upstream,
+            upstreams,
+            probe,
             access_log,
             metrics: Arc::new(Metrics::new()),
             request_ids: RequestIds::new(),

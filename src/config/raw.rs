@@ -43,6 +43,7 @@ pub struct RawServer {
     pub max_header_bytes: S<u64>,
     pub max_body_bytes: S<u64>,
     pub shutdown_grace: S<String>,
+    pub workers: S<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

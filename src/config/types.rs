@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// Proxy worker threads, each with its own event loop and upstream pool, accepting on the
+    /// same port (SO_REUSEPORT), the way nginx runs workers. Default: one per CPU.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -212,6 +212,7 @@ impl Validator<'_> {
             max_header_bytes: self.positive("server.max_header_bytes", &s.max_header_bytes, 16384) as usize,
             max_body_bytes: self.positive("server.max_body_bytes", &s.max_body_bytes, 26_214_400),
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace, "30s"),
+            workers: self.positive("server.workers", &s.workers, default_workers()) as usize,
         }
     }
 
@@ -399,6 +400,10 @@ impl Validator<'_> {
             .unwrap_or_else(|| "info".to_string());
         LogConfig { access, level }
     }
+}
+
+fn default_workers() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
 }
 
 fn upstream_defaults(url: Uri) -> UpstreamConfig {
