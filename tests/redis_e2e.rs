@@ -39,7 +39,16 @@ impl Redis {
 
     fn resume(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -128,7 +137,11 @@ async fn two_instances_share_one_budget() {
     }
     // 100/min earns one more request every 600 ms.
     let earned = (start.elapsed().as_millis() / 600) as usize;
-    assert!(admitted <= 100 + earned + 1, "{admitted} admitted across both instances in {:?}", start.elapsed());
+    assert!(
+        admitted <= 100 + earned + 1,
+        "{admitted} admitted across both instances in {:?}",
+        start.elapsed()
+    );
     assert!(admitted >= 100, "the shared budget is usable: {admitted}");
 }
 
@@ -136,7 +149,11 @@ async fn two_instances_share_one_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_falls_back_to_local_limits_and_recovers() {
     let mut redis = Redis::start();
-    let c = cluster(&redis, &[("rate_limit", "per_key = \"20/min\""), ("rate_limit", "redis_timeout = \"100ms\"")]).await;
+    let c = cluster(
+        &redis,
+        &[("rate_limit", "per_key = \"20/min\""), ("rate_limit", "redis_timeout = \"100ms\"")],
+    )
+    .await;
     assert_eq!(c.status(&c.a).await, 200);
 
     redis.stop();
