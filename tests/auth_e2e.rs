@@ -369,3 +369,30 @@ async fn user_policies_and_session_stripping() {
     s.frappe.set_enabled(USER, false);
     assert!(s.wait_for_status(&auth, 401, Duration::from_secs(3)).await.is_some(), "disabled user refused");
 }
+
+/// The admin listener reports what authentication did: Prometheus counters and the sync age.
+#[tokio::test]
+async fn metrics_and_readiness_report_authentication() {
+    let s = setup(&[("frappe", "sync_interval = \"1s\"")], "").await;
+    let auth = token_header(KEY, SECRET);
+    assert_eq!(s.status(&auth).await, 200);
+    assert_eq!(s.status(&auth).await, 200);
+    assert_eq!(s.status(&token_header(KEY, "000000000000000")).await, 401);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = http_client().get(format!("{}/metrics", s.gateway.admin_url())).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("gateway_auth_total{outcome=\"hit\"} 1"), "{text}");
+    assert!(text.contains("gateway_auth_total{outcome=\"miss-verified\"} 1"), "{text}");
+    assert!(text.contains("gateway_requests_total{decision=\"deny\",status=\"4xx\"} 1"), "{text}");
+    assert!(!text.contains(SECRET));
+    let ready: serde_json::Value = http_client()
+        .get(format!("{}/readyz", s.gateway.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert!(ready["sync"]["last_success_age_seconds"].is_number(), "{ready}");
+}
