@@ -396,3 +396,23 @@ async fn metrics_and_readiness_report_authentication() {
     assert_eq!(ready["status"], "ready", "{ready}");
     assert!(ready["sync"]["last_success_age_seconds"].is_number(), "{ready}");
 }
+
+/// Sync failures are logged with their reason, retried, and turn readiness off when stale.
+#[tokio::test]
+async fn sync_failures_are_logged_with_the_reason_and_retried() {
+    let s = setup(&[("frappe", "sync_interval = \"1s\"")], "").await;
+    let first = |l: &serde_json::Value| l["message"] == "credential sync failed";
+    s.frappe.set_users_mode(UsersMode::Status401);
+    let failed =
+        s.gateway.wait_for_log(first, Duration::from_secs(5)).await.expect("a sync failure is logged");
+    assert!(failed["error"].as_str().unwrap().contains("401"), "the reason names Frappe's answer: {failed}");
+    assert!(failed["retry_in"].is_string(), "and when it retries: {failed}");
+    assert!(!s.gateway.stderr_text().contains(SYNC_SECRET));
+    let before = s.frappe.user_list_calls();
+    s.frappe.set_users_mode(UsersMode::Normal);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.frappe.user_list_calls() == before {
+        assert!(Instant::now() < deadline, "sync is retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
