@@ -68,7 +68,7 @@ fn unknown_auth_mode_names_key_and_line() {
 
 #[test]
 fn unknown_key_names_key_and_line() {
-    expect_error("[auth]\nuser_hedaer = \"X-User\"\n", "user_hedaer", 8);
+    expect_error("[auth]\nuser_hedaer = \"X-User\"\n", "auth.user_hedaer", 8);
 }
 
 #[test]

@@ -90,7 +90,14 @@ impl Validator<'_> {
 
     fn toml_error(&mut self, e: &toml::de::Error) {
         let message = e.message().trim().to_string();
-        let key = unknown_field_name(&message).unwrap_or_else(|| "gateway.toml".to_string());
+        let key = match (unknown_field_name(&message), e.span()) {
+            (Some(field), Some(span)) => match enclosing_table(self.src, span.start) {
+                Some(table) => format!("{table}.{field}"),
+                None => field,
+            },
+            (Some(field), None) => field,
+            (None, _) => "gateway.toml".to_string(),
+        };
         self.issue(&key, e.span(), message);
     }
 
@@ -423,6 +430,16 @@ fn unknown_field_name(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_string())
 }
 
+/// The `[table]` / `[[table]]` header in force at byte `offset` (`route` for `[[route]]`).
+fn enclosing_table(src: &str, offset: usize) -> Option<&str> {
+    src[..offset.min(src.len())]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| line.starts_with('['))
+        .map(|header| header.trim_start_matches('[').split(']').next().unwrap_or_default().trim())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,7 +477,7 @@ mod tests {
     #[test]
     fn unknown_key_is_an_error_with_line() {
         let e = check(&format!("{MIN}[server]\nlisten_port = 1\n")).unwrap_err();
-        assert_eq!(e.issues[0].key, "listen_port");
+        assert_eq!(e.issues[0].key, "server.listen_port");
         assert_eq!(e.issues[0].line, 4);
     }
 
