@@ -10,6 +10,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod frappe_request;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
