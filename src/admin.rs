@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::auth;
-use crate::proxy::{BodyStats, ProxyBody};
+use crate::request_body::{BodyStats, UpstreamBody};
 use crate::server::ShutdownSignal;
 use crate::state::AppState;
 
@@ -160,7 +160,7 @@ async fn webhook(state: &AppState, req: Request<Incoming>) -> AdminResponse {
 async fn probe_upstream(state: &AppState) -> Result<u16, String> {
     let url = format!("{}api/method/ping", with_trailing_slash(&state.config.upstream.url.to_string()));
     let stats = Arc::new(BodyStats::default());
-    let mut req = Request::get(url).body(ProxyBody::empty(stats.clone())).map_err(|e| e.to_string())?;
+    let mut req = Request::get(url).body(UpstreamBody::empty(stats.clone())).map_err(|e| e.to_string())?;
     if let Ok(host) = HeaderValue::from_str(&state.config.upstream.host) {
         req.headers_mut().insert(HOST, host);
     }

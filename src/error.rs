@@ -19,6 +19,10 @@ pub enum ErrorKind {
     Unauthorized,
     /// 403: IP, method, DocType or route not allowed.
     Forbidden,
+    /// 405: a request method the gateway never forwards (`CONNECT`).
+    MethodNotAllowed,
+    /// 408: the request body did not arrive within `server.body_read_timeout`.
+    RequestTimeout,
     /// 413: body over `server.max_body_bytes`.
     PayloadTooLarge,
     /// 429: a rate limit or a failed-auth lockout.
@@ -39,6 +43,8 @@ impl ErrorKind {
             ErrorKind::BadRequest | ErrorKind::InvalidAuthorizationToken => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -55,6 +61,8 @@ impl ErrorKind {
             ErrorKind::InvalidAuthorizationToken => "InvalidAuthorizationToken",
             ErrorKind::Unauthorized => "AuthenticationError",
             ErrorKind::Forbidden => "PermissionError",
+            ErrorKind::MethodNotAllowed => "MethodNotAllowed",
+            ErrorKind::RequestTimeout => "RequestTimeout",
             ErrorKind::PayloadTooLarge => "RequestEntityTooLarge",
             ErrorKind::TooManyRequests => "TooManyRequestsError",
             ErrorKind::HeadersTooLarge => "RequestHeaderFieldsTooLarge",
@@ -140,15 +148,21 @@ pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// `{"exception": "...", "exc_type": "...", "_server_messages": "[\"{...}\"]", "request_id": "..."}`
-/// exactly as Frappe nests it: `_server_messages` is a JSON string holding a list of JSON strings.
+/// `{"exception": "...", "exc_type": "...", "exc": "[\"...\"]", "_server_messages": "[\"{...}\"]",
+/// "request_id": "..."}` exactly as Frappe nests it: `_server_messages` is a JSON string holding a
+/// list of JSON strings. `exc` is Frappe's traceback field: client libraries such as
+/// `frappeclient` raise only when it is present, so it holds one line naming the error (never a
+/// traceback).
 pub fn frappe_error_body(kind: ErrorKind, message: &str, request_id: &str) -> String {
     let inner =
         serde_json::json!({ "message": message, "title": kind.title(), "indicator": "red" }).to_string();
     let server_messages = serde_json::Value::Array(vec![inner.into()]).to_string();
+    let exception = format!("frappe.exceptions.{}: {}", kind.exc_type(), message);
+    let exc = serde_json::Value::Array(vec![exception.clone().into()]).to_string();
     serde_json::json!({
-        "exception": format!("frappe.exceptions.{}: {}", kind.exc_type(), message),
+        "exception": exception,
         "exc_type": kind.exc_type(),
+        "exc": exc,
         "_server_messages": server_messages,
         "request_id": request_id,
     })
@@ -169,6 +183,11 @@ mod tests {
         let msg: serde_json::Value = serde_json::from_str(&list[0]).unwrap();
         assert_eq!(msg["message"], "missing Authorization header");
         assert_eq!(msg["indicator"], "red");
+        let exc: Vec<String> = serde_json::from_str(v["exc"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            exc,
+            vec!["frappe.exceptions.AuthenticationError: missing Authorization header".to_string()]
+        );
     }
 
     #[test]

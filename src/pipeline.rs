@@ -1,7 +1,8 @@
 //! The whole request path, top to bottom, in security order:
 //!
-//! client IP → limits on size → route → IP policy → pre-auth rate limit → failed-auth
-//! lockout → credentials → user policy → per-key rate limit → forward.
+//! head hygiene → limits on size → the Frappe request model (path) → route → IP policy →
+//! pre-auth rate limit → failed-auth lockout → credentials → body (judged where Frappe parses
+//! it) → the routes of what Frappe will run → user policy → per-key rate limit → forward.
 //!
 //! `handle` is the one exit: it turns refusals into Frappe-shaped responses, adds the request
 //! id and rate-limit headers, and hands the access-log entry to the response body so every
@@ -12,7 +13,8 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, COOKIE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::request::Parts;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
@@ -20,10 +22,14 @@ use crate::auth;
 use crate::body::ResponseBody;
 use crate::config::{AuthMode, Rate};
 use crate::error::{ErrorKind, GatewayError};
-use crate::policy::{check_call, route_paths, Decision, Denied, FrappeCall, Subject};
-use crate::proxy::{self, BodyStats, ForwardInfo, ProxyBody, X_REQUEST_ID};
+use crate::frappe_request::{body_kind, BodyKind, Call, FormError, FrappeRequest, MultipartScan, PathError};
+use crate::policy::{check_call, Decision, Denied, Subject};
+use crate::proxy::{self, ForwardInfo, X_REQUEST_ID};
+use crate::request_body::{self, body_too_large, BodyStats, ReadBody, UpstreamBody};
+use crate::request_head;
 use crate::request_log::RequestLog;
-use crate::state::{AppState, RouteEntry, UserRules};
+use crate::routes::{RouteEntry, RouteMatch};
+use crate::state::{AppState, UserRules};
 
 /// Facts about the client connection a request arrived on.
 pub struct ConnInfo {
@@ -39,22 +45,30 @@ struct Ctx {
     request_id: HeaderValue,
     /// The tightest rate-limit decision so far, echoed in `RateLimit-*` headers.
     rate: Option<Decision>,
-    /// The canonical path Frappe will serve when it differs from the URI's (see `route_path`).
-    call_path: Option<String>,
     worker: usize,
-}
-
-impl Ctx {
-    /// The DocType / method the request calls, parsed from what Frappe will actually serve.
-    fn frappe_call<'a, B>(&'a self, req: &'a Request<B>) -> FrappeCall<'a> {
-        FrappeCall::parse(self.call_path.as_deref().unwrap_or(req.uri().path()))
-    }
 }
 
 impl Ctx {
     fn note_rate(&mut self, decision: Decision) {
         self.rate = Some(self.rate.map_or(decision, |d| d.tighter(decision)));
     }
+
+    /// The call Frappe will run, for the access log.
+    fn note_call(&mut self, route: &RouteEntry, call: &Call) {
+        self.log.route = Some(route.path.clone());
+        self.log.doctype = call.doctype().map(str::to_string);
+        self.log.rpc = call.rpc().map(Cow::into_owned);
+    }
+}
+
+/// How a request was let through; [`forward`] cannot be called without one.
+enum Admission {
+    /// A `public` route: forwarded as the client sent it (Frappe checks sessions itself).
+    Public,
+    /// A CORS preflight: carries no credentials, so none go upstream, and no body.
+    Preflight,
+    /// A `token` route: the user the gateway vouches for in the trusted user header.
+    Authenticated(Arc<str>),
 }
 
 /// Entry point for every request on the proxy listener.
@@ -67,8 +81,7 @@ pub async fn handle(
     let (request_id, request_id_header) = request_id(&state, conn.peer, &req);
     let mut log = RequestLog::begin(&state.access_log, &state.metrics, &req, request_id, client_ip);
     log.tls = conn.tls;
-    let mut ctx =
-        Ctx { log, request_id: request_id_header, rate: None, call_path: None, worker: conn.worker };
+    let mut ctx = Ctx { log, request_id: request_id_header, rate: None, worker: conn.worker };
 
     let mut response = match process(&state, &mut ctx, req).await {
         Ok(response) => response,
@@ -88,72 +101,155 @@ pub async fn handle(
     Ok(response)
 }
 
-/// The pipeline proper: each stage either passes or returns the refusal.
+/// The pipeline proper, in security order; each stage either passes or returns the refusal.
+///
+/// The route of the path as sent is checked first (cheap refusals need no body); then the
+/// body is read where Frappe would parse it, the Frappe request model says what Frappe will
+/// run, and the routes of every spelling of that call are judged.
 async fn process(
     state: &AppState,
     ctx: &mut Ctx,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
-    proxy::strip_user_header(&mut req, &state.user_header);
-    check_header_size(&req, state.config.server.max_header_bytes)?;
-    check_declared_length(&req, state.config.server.max_body_bytes)?;
+    let (mut head, body) = req.into_parts();
+    request_head::check(&mut head, &state.user_header)?;
+    check_header_size(&head, state.config.server.max_header_bytes)?;
+    let declared = declared_length(&head, state.config.server.max_body_bytes)?;
+    let mut frappe = FrappeRequest::from_head(&head.method, &head.uri).map_err(path_refused)?;
 
-    let paths = route_paths(req.uri());
-    let route = state.routes.find_for(&paths);
-    // What Frappe will run, for DocType / RPC rules and the log (None: the path as sent).
-    let call_path =
-        paths.alias.or_else(|| matches!(paths.path, Cow::Owned(_)).then(|| paths.path.into_owned()));
-    ctx.call_path = call_path;
-    ctx.log.route = Some(route.path.clone());
-    let call = ctx.frappe_call(&req);
-    let (doctype, rpc) = (call.doctype().map(str::to_string), call.method().map(str::to_string));
-    (ctx.log.doctype, ctx.log.rpc) = (doctype, rpc);
-
+    let sent = state.routes.for_path(&frappe.path);
+    ctx.note_call(sent, &frappe.call);
     let ip = ctx.log.client_ip;
     check_ip(state.network.check(ip))?;
-    check_ip(route.ip_policy.check(ip))?;
-    if route.auth == AuthMode::Deny {
-        return Err(GatewayError::forbidden("this API path is not available through the gateway")
-            .with_reason(format!("route {} is auth = \"deny\"", route.path)));
-    }
-    limit_ip(state, ctx, route).await?;
+    admit_route(sent, ip)?;
+    limit_ip(state, ctx, sent).await?;
 
-    let user = match route.auth {
-        AuthMode::Token if !is_cors_preflight(&req) => Some(authenticate(state, ctx, route, &mut req).await?),
-        _ => None,
+    let preflight = is_cors_preflight(&head);
+    let mut admitted = None;
+    if sent.auth == AuthMode::Token && !preflight {
+        admitted = Some(authenticate(state, ctx, &head).await?);
+    }
+    let body = read_body(state, ctx, &mut head, body, declared, sent, &mut frappe, preflight).await?;
+
+    let routes = state.routes.for_request(&frappe);
+    ctx.note_call(routes.judged, &frappe.call);
+    if !std::ptr::eq(routes.judged, sent) {
+        admit_route(routes.judged, ip)?;
+    }
+    let admission = match routes.judged.auth {
+        _ if preflight => Admission::Preflight,
+        AuthMode::Public => Admission::Public,
+        AuthMode::Deny => return Err(route_denied(routes.judged)),
+        AuthMode::Token => {
+            let admitted = match admitted {
+                Some(admitted) => admitted,
+                None => authenticate(state, ctx, &head).await?,
+            };
+            authorize(state, ctx, &routes, &head, &frappe, &admitted).await?;
+            Admission::Authenticated(admitted.user)
+        }
     };
-    forward(state, ctx, route, req, user.as_deref()).await
+    forward(state, ctx, routes.sent, head, body, &frappe, admission).await
 }
 
-/// Checks credentials and everything tied to the user; returns the user to forward as.
-async fn authenticate(
-    state: &AppState,
-    ctx: &mut Ctx,
-    route: &RouteEntry,
-    req: &mut Request<Incoming>,
-) -> Result<Arc<str>, GatewayError> {
+/// A route's own allowlist and `deny`.
+fn admit_route(route: &RouteEntry, ip: IpAddr) -> Result<(), GatewayError> {
+    check_ip(route.ip_policy.check(ip))?;
+    if route.auth == AuthMode::Deny {
+        return Err(route_denied(route));
+    }
+    Ok(())
+}
+
+fn route_denied(route: &RouteEntry) -> GatewayError {
+    GatewayError::forbidden("this API path is not available through the gateway")
+        .with_reason(format!("route {} is auth = \"deny\"", route.path))
+}
+
+/// Checks the credentials (after the failed-auth lockout); returns who they belong to.
+async fn authenticate(state: &AppState, ctx: &mut Ctx, head: &Parts) -> Result<auth::Admitted, GatewayError> {
     check_lockout(state, ctx.log.client_ip).await?;
-    reject_session_parameter(req)?;
-    // Frappe prefers a valid cookie session over a token: the user header must name the
-    // user Frappe acts as, so sessions never ride along on token routes.
-    req.headers_mut().remove(COOKIE);
-    let admitted = verify_credentials(state, ctx, req.headers().get(AUTHORIZATION)).await?;
+    let admitted = verify_credentials(state, ctx, head.headers.get(AUTHORIZATION)).await?;
     ctx.log.user = Some(admitted.user.clone());
     ctx.log.api_key = Some(admitted.api_key.clone());
+    Ok(admitted)
+}
 
+/// Everything tied to the authenticated user: no session beside the token, Frappe's
+/// `restrict_ip`, the `[[user]]` rules on the call Frappe will run, the per-key limit.
+async fn authorize(
+    state: &AppState,
+    ctx: &mut Ctx,
+    routes: &RouteMatch<'_>,
+    head: &Parts,
+    frappe: &FrappeRequest,
+    admitted: &auth::Admitted,
+) -> Result<(), GatewayError> {
+    if frappe.sid && routes.sent.target.frappe {
+        return Err(session_refused());
+    }
     let ip = ctx.log.client_ip;
     if let Some(raw) = &admitted.restrict_ip {
         check_ip(state.auth.restrict_ip.get(raw).check(ip))?;
     }
     let rules = state.user_rules(&admitted.user);
     if let Some(rules) = rules {
-        check_user_rules(rules, ip, req, &ctx.frappe_call(req))?;
+        check_user_rules(rules, ip, &head.method, &frappe.call)?;
     }
-    limit_key(state, ctx, route, rules, &admitted.api_key).await?;
-    if !state.config.auth.forward_authorization {
-        req.headers_mut().remove(AUTHORIZATION);
+    limit_key(state, ctx, routes.judged, rules, &admitted.api_key).await
+}
+
+/// Reads the body where it must be judged or buffered, and hands back what goes upstream.
+/// Small bodies are read whole first, so no upstream connection waits on a slow client.
+#[allow(clippy::too_many_arguments)]
+async fn read_body(
+    state: &AppState,
+    ctx: &mut Ctx,
+    head: &mut Parts,
+    body: Incoming,
+    declared: Option<u64>,
+    route: &RouteEntry,
+    frappe: &mut FrappeRequest,
+    preflight: bool,
+) -> Result<UpstreamBody, GatewayError> {
+    let stats = Arc::new(BodyStats::default());
+    ctx.log.body_stats = Some(stats.clone());
+    if preflight {
+        head.headers.remove(CONTENT_LENGTH);
+        return Ok(UpstreamBody::empty(stats));
     }
-    Ok(admitted.user)
+    let kind = match route.target.frappe {
+        true => {
+            body_kind(head.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok())).map_err(form_refused)?
+        }
+        false => BodyKind::Opaque,
+    };
+    let limits = &state.body_limits;
+    match request_body::read(body, declared, limits).await? {
+        ReadBody::Complete(bytes) => {
+            if route.target.frappe {
+                frappe.judge_body(&head.method, &head.uri, &kind, &bytes).map_err(form_refused)?;
+            }
+            head.headers.remove(TRANSFER_ENCODING);
+            if !bytes.is_empty() {
+                head.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            }
+            Ok(UpstreamBody::full(bytes, stats))
+        }
+        ReadBody::Partial { prefix, rest } => {
+            let scan = match kind {
+                BodyKind::Multipart { boundary } => Some(MultipartScan::new(&boundary)),
+                BodyKind::Opaque => None,
+                BodyKind::Json | BodyKind::UrlEncoded => {
+                    return Err(body_too_large().with_reason(format!(
+                        "a form or JSON body over server.inspect_body_bytes ({}) cannot be judged",
+                        limits.inspect
+                    )))
+                }
+            };
+            Ok(UpstreamBody::streamed(prefix, rest, limits, scan, stats))
+        }
+    }
 }
 
 /// Parses the header and asks the credential store. Wrong and malformed credentials count
@@ -195,19 +291,11 @@ async fn verify_credentials(
 }
 
 /// `[[user]]` rules: source address, HTTP method, DocTypes and RPC methods.
-fn check_user_rules<B>(
-    rules: &UserRules,
-    ip: IpAddr,
-    req: &Request<B>,
-    call: &FrappeCall<'_>,
-) -> Result<(), GatewayError> {
+fn check_user_rules(rules: &UserRules, ip: IpAddr, method: &Method, call: &Call) -> Result<(), GatewayError> {
     check_ip(rules.ip_policy.check(ip))?;
-    if !rules.methods.is_empty() && !rules.methods.contains(req.method()) {
-        return Err(GatewayError::forbidden(format!(
-            "method {} is not allowed for this API key",
-            req.method()
-        ))
-        .with_reason(format!("[[user]] methods excludes {}", req.method())));
+    if !rules.methods.is_empty() && !rules.methods.contains(method) {
+        return Err(GatewayError::forbidden(format!("method {method} is not allowed for this API key"))
+            .with_reason(format!("[[user]] methods excludes {method}")));
     }
     check_call(call, rules.doctypes.as_deref(), rules.rpc.as_deref()).map_err(|denied| {
         let message = denied.to_string();
@@ -279,15 +367,23 @@ async fn apply_limit(
     })
 }
 
-/// Sends the request upstream and streams the answer back.
+/// Sends the request upstream as admitted and streams the answer back.
 async fn forward(
     state: &AppState,
     ctx: &mut Ctx,
     route: &RouteEntry,
-    mut req: Request<Incoming>,
-    user: Option<&str>,
+    head: Parts,
+    body: UpstreamBody,
+    frappe: &FrappeRequest,
+    admission: Admission,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let target = &route.target;
+    // A public route to Frappe keeps the client's Authorization: Frappe checks it itself.
+    let (user, authorization, cookies) = match &admission {
+        Admission::Authenticated(user) => (Some(&**user), route.forward_authorization, false),
+        Admission::Public => (None, target.frappe || route.forward_authorization, true),
+        Admission::Preflight => (None, false, false),
+    };
     let info = ForwardInfo {
         base: &target.base,
         host: &target.host,
@@ -296,13 +392,15 @@ async fn forward(
         proto: state.proto,
         request_id: &ctx.request_id,
         user: user.map(|u| (&state.user_header, u)),
+        authorization,
+        cookies,
+        path_and_query: frappe.forward.as_deref(),
     };
+    let mut req = Request::from_parts(head, body);
+    let client_upgrade =
+        proxy::is_upgrade(&req).then(|| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()).flatten();
     proxy::prepare(&mut req, &info);
-    let client_upgrade = proxy::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-
-    let stats = Arc::new(BodyStats::default());
-    ctx.log.body_stats = Some(stats.clone());
-    let req = req.map(|body| ProxyBody::new(body, state.config.server.max_body_bytes, stats.clone()));
+    let stats = ctx.log.body_stats.clone().unwrap_or_default();
     let mut upstream_response = state.upstreams[ctx.worker].send(req, &stats).await?;
     ctx.log.upstream_status = Some(upstream_response.status().as_u16());
 
@@ -320,22 +418,27 @@ fn check_ip(result: Result<(), Denied>) -> Result<(), GatewayError> {
 }
 
 /// A CORS preflight carries no credentials by design; Frappe answers it.
-fn is_cors_preflight<B>(req: &Request<B>) -> bool {
-    req.method() == Method::OPTIONS && req.headers().contains_key("access-control-request-method")
+fn is_cors_preflight(head: &Parts) -> bool {
+    head.method == Method::OPTIONS && head.headers.contains_key("access-control-request-method")
 }
 
-/// `?sid=` would let Frappe act as a session's user instead of the token's (FRAPPE.md §8).
-fn reject_session_parameter<B>(req: &Request<B>) -> Result<(), GatewayError> {
-    let has_sid =
-        req.uri().query().is_some_and(|q| q.split('&').any(|pair| pair.split('=').next() == Some("sid")));
-    if has_sid {
-        return Err(GatewayError::new(
-            ErrorKind::BadRequest,
-            "session ids (sid) are not accepted on token routes; authenticate with `Authorization: token api_key:api_secret`",
-        )
-        .with_reason("sid query parameter on a token route"));
-    }
-    Ok(())
+/// A `sid` anywhere in `form_dict` would let Frappe act as a session's user instead of the
+/// token's (FRAPPE.md §8, §11).
+fn session_refused() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::BadRequest,
+        "session ids (sid) are not accepted on token routes; authenticate with `Authorization: token api_key:api_secret`",
+    )
+    .with_reason("sid in form_dict on a token route")
+}
+
+fn path_refused(e: PathError) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, format!("{e}; send the path without it"))
+        .with_reason(format!("path refused: {e}"))
+}
+
+fn form_refused(e: FormError) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, e.to_string()).with_reason(format!("body refused: {e}"))
 }
 
 /// The request id: a trusted proxy's `X-Request-Id` is kept (so one id spans the chain),
@@ -357,9 +460,9 @@ fn request_id<B>(state: &AppState, peer: IpAddr, req: &Request<B>) -> (Arc<str>,
 
 /// 431 when the request line and headers exceed `max_header_bytes` (hyper's own, larger
 /// limit catches the rest before a request exists).
-fn check_header_size<B>(req: &Request<B>, max: usize) -> Result<(), GatewayError> {
-    let size = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len())
-        + req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+fn check_header_size(head: &Parts, max: usize) -> Result<(), GatewayError> {
+    let size = head.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + head.headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
     if size > max {
         return Err(GatewayError::new(
             ErrorKind::HeadersTooLarge,
@@ -370,15 +473,15 @@ fn check_header_size<B>(req: &Request<B>, max: usize) -> Result<(), GatewayError
     Ok(())
 }
 
-/// 413 before reading anything when Content-Length already says the body is too big.
-fn check_declared_length<B>(req: &Request<B>, max: u64) -> Result<(), GatewayError> {
+/// The declared Content-Length; 413 before reading anything when it is already too big.
+fn declared_length(head: &Parts, max: u64) -> Result<Option<u64>, GatewayError> {
     let declared =
-        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        head.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match declared {
         Some(len) if len > max => {
-            Err(proxy::body_too_large().with_reason(format!("Content-Length {len} > max_body_bytes {max}")))
+            Err(body_too_large().with_reason(format!("Content-Length {len} > max_body_bytes {max}")))
         }
-        _ => Ok(()),
+        _ => Ok(declared),
     }
 }
 

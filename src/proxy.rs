@@ -1,18 +1,11 @@
 //! Forwarding: the pooled upstream client, header hygiene (strip hop-by-hop and every header a
-//! client could claim identity with, then inject the trusted ones), streamed bodies with a size
-//! cap, and WebSocket tunnels.
+//! client could claim identity with, then inject the trusted ones) and WebSocket tunnels.
 
 use std::net::IpAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,10 +13,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::request_body::{BodyStats, UpstreamBody};
 
 /// Headers a client could use to claim an identity, a site or a file path: removed from every
 /// request on every route (FRAPPE.md §7), before the gateway sets its own.
-const SPOOFABLE: [&str; 8] = [
+pub(crate) const SPOOFABLE: [&str; 8] = [
     "remote-addr",
     "frappe-authorization-source",
     "x-use-x-accel-redirect",
@@ -50,7 +44,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Where and how one request goes upstream.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, ProxyBody>,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     timeout: Duration,
 }
 
@@ -64,6 +58,12 @@ pub struct ForwardInfo<'a> {
     pub request_id: &'a HeaderValue,
     /// `(auth.user_header, user)` for authenticated requests.
     pub user: Option<(&'a HeaderName, &'a str)>,
+    /// Keep the client's Authorization (the route's `forward_authorization`).
+    pub authorization: bool,
+    /// Keep the client's cookies (joined into one header, as HTTP/1.1 needs).
+    pub cookies: bool,
+    /// The path and query to send instead of the client's (slashes merged).
+    pub path_and_query: Option<&'a str>,
 }
 
 impl Upstream {
@@ -87,18 +87,24 @@ impl Upstream {
     }
 
     /// Sends `req` upstream and returns the response head; the body streams afterwards.
-    /// Refused / reset → 502, no response head within `upstream.timeout` → 504, and a body
-    /// that outgrew its cap while streaming → 413.
+    /// Refused / reset → 502; no response head within `upstream.timeout` of the request body
+    /// being sent (upload time does not count) → 504; a body cut off on its way (too large,
+    /// too slow, a judged field in a streamed form) → that body's own error.
     pub async fn send(
         &self,
-        req: Request<ProxyBody>,
+        req: Request<UpstreamBody>,
         stats: &BodyStats,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(_)) if stats.too_large.load(Ordering::Relaxed) => Err(body_too_large()),
-            Ok(Err(e)) => Err(upstream_failed(&e)),
-            Err(_) => Err(GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
+        let answer_deadline = async {
+            stats.sent().await;
+            tokio::time::sleep(self.timeout).await;
+        };
+        tokio::select! {
+            result = self.client.request(req) => match result {
+                Ok(response) => Ok(response),
+                Err(e) => Err(stats.failure().map_or_else(|| upstream_failed(&e), |f| f.to_error())),
+            },
+            () = answer_deadline => Err(GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
                 .with_reason(format!("no response within {}", humantime::format_duration(self.timeout)))),
         }
     }
@@ -124,10 +130,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-pub fn body_too_large() -> GatewayError {
-    GatewayError::new(ErrorKind::PayloadTooLarge, "request body is larger than the gateway allows")
-}
-
 /// Turns the client's request into the upstream request: hop-by-hop and spoofable headers
 /// out, the trusted ones in, URI pointed at the upstream. `keep_upgrade` keeps a WebSocket
 /// handshake's `Upgrade` / `Connection: upgrade`.
@@ -140,6 +142,14 @@ pub fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
         headers.remove(name);
     }
     headers.remove("forwarded");
+    if !info.authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if info.cookies {
+        join_cookies(headers);
+    } else {
+        headers.remove(header::COOKIE);
+    }
     if let Some((name, user)) = info.user {
         match HeaderValue::from_str(user) {
             Ok(v) => headers.insert(name.clone(), v),
@@ -160,7 +170,7 @@ pub fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
         headers.insert(header::UPGRADE, proto);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    *req.uri_mut() = upstream_uri(info.base, req.uri());
+    *req.uri_mut() = upstream_uri(info.base, info.path_and_query, req.uri());
     *req.version_mut() = Version::HTTP_11;
 }
 
@@ -216,8 +226,27 @@ fn ip_header(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
 }
 
-fn upstream_uri(base: &Uri, original: &Uri) -> Uri {
-    let path_and_query = original.path_and_query().map_or("/", |pq| pq.as_str());
+/// HTTP/2 sends cookies as separate crumbs; HTTP/1.1 needs one `Cookie` line joined by
+/// `"; "` (RFC 9113 §8.2.3), or a WSGI server joins them with `,` and Frappe misreads them.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => headers.insert(header::COOKIE, v),
+        Err(_) => headers.remove(header::COOKIE),
+    };
+}
+
+fn upstream_uri(base: &Uri, rewritten: Option<&str>, original: &Uri) -> Uri {
+    let path_and_query = rewritten.unwrap_or_else(|| original.path_and_query().map_or("/", |pq| pq.as_str()));
     let mut parts = http::uri::Parts::default();
     parts.scheme = base.scheme().cloned();
     parts.authority = base.authority().cloned();
@@ -238,77 +267,6 @@ pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
     });
 }
 
-/// Counters a request body updates while it streams upstream.
-#[derive(Default)]
-pub struct BodyStats {
-    pub bytes: AtomicU64,
-    pub too_large: AtomicBool,
-}
-
-/// The client's request body on its way upstream: streamed frame by frame, counted, and cut
-/// off with an error once it passes `max_body_bytes` (a chunked body has no length up front).
-pub struct ProxyBody {
-    inner: Option<Incoming>,
-    limit: u64,
-    seen: u64,
-    stats: Arc<BodyStats>,
-}
-
-impl ProxyBody {
-    pub fn new(inner: Incoming, limit: u64, stats: Arc<BodyStats>) -> Self {
-        ProxyBody { inner: Some(inner), limit, seen: 0, stats }
-    }
-
-    pub fn empty(stats: Arc<BodyStats>) -> Self {
-        ProxyBody { inner: None, limit: 0, seen: 0, stats }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyBodyError {
-    #[error("request body exceeds the configured limit")]
-    TooLarge,
-    #[error(transparent)]
-    Client(#[from] hyper::Error),
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = ProxyBodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    this.stats.bytes.store(this.seen, Ordering::Relaxed);
-                    if this.seen > this.limit {
-                        this.stats.too_large.store(true, Ordering::Relaxed);
-                        this.inner = None;
-                        return Poll::Ready(Some(Err(ProxyBodyError::TooLarge)));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            other => other.map_err(ProxyBodyError::Client),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +285,9 @@ mod tests {
             proto: "https",
             request_id: rid,
             user,
+            authorization: true,
+            cookies: true,
+            path_and_query: None,
         }
     }
 
@@ -359,6 +320,27 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} should be stripped");
         }
         assert_eq!(req.uri(), "http://127.0.0.1:8000/api/resource/ToDo?limit=1");
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_and_authorization_follows_the_route() {
+        let mut req = Request::builder()
+            .uri("/x")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("authorization", "token k:s")
+            .body(())
+            .unwrap();
+        let base: Uri = "http://127.0.0.1:7000".parse().unwrap();
+        let host = HeaderValue::from_static("reports");
+        let rid = HeaderValue::from_static("rid");
+        let mut forward = info(&base, &host, &rid, None);
+        forward.authorization = false;
+        forward.path_and_query = Some("/y?z=1");
+        prepare(&mut req, &forward);
+        assert_eq!(req.headers().get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        assert!(!req.headers().contains_key("authorization"));
+        assert_eq!(req.uri(), "http://127.0.0.1:7000/y?z=1");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use http::{Method, Uri, Version};
 use crate::access_log::{loggable_path, timestamp, AccessLog, AccessRecord};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::proxy::BodyStats;
+use crate::request_body::BodyStats;
 
 /// Status logged for a request whose client went away before it was answered.
 const CLIENT_CLOSED: u16 = 499;

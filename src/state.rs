@@ -5,128 +5,20 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 
-use anyhow::{Context, Result};
-use http::header::{HeaderName, HeaderValue};
-use http::{Method, Uri};
+use anyhow::Result;
+use http::header::HeaderName;
+use http::Method;
 
 use crate::access_log::AccessLog;
 use crate::auth::{CredentialStore, FrappeClient, SyncStatus};
-use crate::config::{AuthMode, Config, Rate, Route, UserPolicy};
+use crate::config::{Config, Rate, UserPolicy};
 use crate::metrics::Metrics;
 use crate::policy::{
-    ClientIpResolver, FailedAuthTracker, IpPolicy, RateLimiter, RestrictIpCache, RevocationBus, RoutePaths,
+    ClientIpResolver, FailedAuthTracker, IpPolicy, RateLimiter, RestrictIpCache, RevocationBus,
 };
 use crate::proxy::Upstream;
-
-/// Where a matched route sends its requests.
-pub struct Target {
-    pub base: Uri,
-    /// The Host header sent upstream.
-    pub host: HeaderValue,
-    pub site_name: Option<HeaderValue>,
-}
-
-/// A configured route with its precomputed target.
-pub struct RouteEntry {
-    pub path: Arc<str>,
-    pub auth: AuthMode,
-    pub per_ip: Option<Rate>,
-    pub per_key: Option<Rate>,
-    pub target: Arc<Target>,
-    /// `[[route]] allow` (open when empty).
-    pub ip_policy: IpPolicy,
-    /// Rate-limit scopes of this route's own `per_ip` / `per_key` buckets.
-    pub ip_scope: Arc<str>,
-    pub key_scope: Arc<str>,
-    /// Index into `Config::routes`, `None` for the implicit catch-all.
-    pub index: Option<usize>,
-}
-
-/// Longest-prefix route table. Paths no route matches need a token (the implicit catch-all).
-pub struct RouteTable {
-    routes: Vec<RouteEntry>,
-    fallback: RouteEntry,
-}
-
-impl RouteTable {
-    fn build(config: &Config, default_target: &Arc<Target>) -> Result<Self> {
-        let routes = config
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| route_entry(i, r, default_target))
-            .collect::<Result<Vec<_>>>()?;
-        let fallback = RouteEntry {
-            path: Arc::from("/"),
-            auth: AuthMode::Token,
-            per_ip: None,
-            per_key: None,
-            target: default_target.clone(),
-            ip_policy: IpPolicy::new("route", &[], &[]),
-            ip_scope: Arc::from("route-ip:/"),
-            key_scope: Arc::from("route-key:/"),
-            index: None,
-        };
-        Ok(RouteTable { routes, fallback })
-    }
-
-    /// The longest configured prefix of `path` (routes are sorted longest first).
-    pub fn find(&self, path: &str) -> &RouteEntry {
-        self.routes.iter().find(|r| path.starts_with(&*r.path)).unwrap_or(&self.fallback)
-    }
-
-    /// The route for a request: matched on the normalized path and on Frappe's canonical alias
-    /// of it (`/api/v1/…`, `?cmd=`…); when they differ the stricter one applies, so no
-    /// spelling of a path escapes its `deny` or `token` route.
-    pub fn find_for(&self, paths: &RoutePaths<'_>) -> &RouteEntry {
-        let primary = self.find(&paths.path);
-        match &paths.alias {
-            Some(alias) => {
-                let aliased = self.find(alias);
-                if strictness(aliased.auth) > strictness(primary.auth) {
-                    aliased
-                } else {
-                    primary
-                }
-            }
-            None => primary,
-        }
-    }
-}
-
-fn strictness(auth: AuthMode) -> u8 {
-    match auth {
-        AuthMode::Public => 0,
-        AuthMode::Token => 1,
-        AuthMode::Deny => 2,
-    }
-}
-
-fn route_entry(i: usize, route: &Route, default_target: &Arc<Target>) -> Result<RouteEntry> {
-    let target = match &route.upstream {
-        Some(url) => Arc::new(Target {
-            base: url.clone(),
-            host: header_value(url.authority().map_or("", |a| a.as_str()))?,
-            site_name: None,
-        }),
-        None => default_target.clone(),
-    };
-    Ok(RouteEntry {
-        path: Arc::from(route.path.as_str()),
-        auth: route.auth,
-        per_ip: route.per_ip,
-        per_key: route.per_key,
-        target,
-        ip_policy: IpPolicy::new("route", &route.allow, &[]),
-        ip_scope: Arc::from(format!("route-ip:{}", route.path)),
-        key_scope: Arc::from(format!("route-key:{}", route.path)),
-        index: Some(i),
-    })
-}
-
-fn header_value(s: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(s).with_context(|| format!("{s:?} is not a valid header value"))
-}
+use crate::request_body::BodyLimits;
+use crate::routes::{header_value, RouteTable, Target};
 
 /// Request ids: a random per-process prefix and a counter — unique across instances, cheap.
 pub struct RequestIds {
@@ -207,6 +99,8 @@ pub struct AppState {
     /// The admin listener's own client for readiness probes.
     pub probe: Upstream,
     pub access_log: AccessLog,
+    /// `server.inspect_body_bytes`, `max_body_bytes`, `body_read_timeout`.
+    pub body_limits: BodyLimits,
     pub metrics: Arc<Metrics>,
     pub request_ids: RequestIds,
     pub user_header: HeaderName,
@@ -228,6 +122,7 @@ impl AppState {
             base: config.upstream.url.clone(),
             host: header_value(&config.upstream.host)?,
             site_name: config.upstream.site_name.as_deref().map(header_value).transpose()?,
+            frappe: true,
         });
         let routes = RouteTable::build(&config, &default_target)?;
         let new_upstream = || Upstream::new(config.upstream.connect_timeout, config.upstream.timeout);
@@ -262,6 +157,11 @@ impl AppState {
             upstreams,
             probe,
             access_log,
+            body_limits: BodyLimits {
+                inspect: config.server.inspect_body_bytes,
+                max: config.server.max_body_bytes,
+                read_timeout: config.server.body_read_timeout,
+            },
             metrics: Arc::new(Metrics::new()),
             request_ids: RequestIds::new(),
             user_header: config.auth.user_header.clone(),

@@ -42,6 +42,8 @@ pub struct RawServer {
     pub idle_timeout: S<String>,
     pub max_header_bytes: S<u64>,
     pub max_body_bytes: S<u64>,
+    pub inspect_body_bytes: S<u64>,
+    pub body_read_timeout: S<String>,
     pub shutdown_grace: S<String>,
     pub workers: S<u64>,
 }
@@ -112,6 +114,7 @@ pub struct RawRoute {
     pub per_ip: S<String>,
     pub per_key: S<String>,
     pub upstream: S<String>,
+    pub forward_authorization: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

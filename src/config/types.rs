@@ -36,6 +36,11 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Bodies up to this size are read whole before an upstream connection is used, and
+    /// judged when Frappe would parse them (form, JSON); larger forms and JSON get 413.
+    pub inspect_body_bytes: u64,
+    /// How long a request body may take to arrive (buffered: in all; streamed: between chunks).
+    pub body_read_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     pub shutdown_grace: Duration,
     /// Proxy worker threads, each with its own event loop and upstream pool, accepting on the
@@ -162,6 +167,9 @@ pub struct Route {
     pub per_key: Option<Rate>,
     /// Another backend for this prefix (it must trust the user header).
     pub upstream: Option<Uri>,
+    /// Send the client's Authorization upstream. Default: `auth.forward_authorization` for
+    /// the Frappe site, `false` for another backend (it gets only the user header).
+    pub forward_authorization: Option<bool>,
 }
 
 /// Per-integration policy, by Frappe user name.

@@ -209,6 +209,16 @@ impl Validator<'_> {
                 None
             }
         };
+        let max_body_bytes = self.positive("server.max_body_bytes", &s.max_body_bytes, 26_214_400);
+        let inspect_body_bytes = self.positive("server.inspect_body_bytes", &s.inspect_body_bytes, 1_048_576);
+        if inspect_body_bytes > max_body_bytes {
+            let span = s.inspect_body_bytes.as_ref().map(|v| v.span());
+            self.issue(
+                "server.inspect_body_bytes",
+                span,
+                format!("{inspect_body_bytes} is larger than server.max_body_bytes {max_body_bytes}"),
+            );
+        }
         ServerConfig {
             listen,
             tls,
@@ -217,7 +227,9 @@ impl Validator<'_> {
             header_read_timeout: self.duration("server.header_read_timeout", &s.header_read_timeout, "10s"),
             idle_timeout: self.duration("server.idle_timeout", &s.idle_timeout, "75s"),
             max_header_bytes: self.positive("server.max_header_bytes", &s.max_header_bytes, 16384) as usize,
-            max_body_bytes: self.positive("server.max_body_bytes", &s.max_body_bytes, 26_214_400),
+            max_body_bytes,
+            inspect_body_bytes,
+            body_read_timeout: self.duration("server.body_read_timeout", &s.body_read_timeout, "30s"),
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace, "30s"),
             workers: self.positive("server.workers", &s.workers, default_workers()) as usize,
         }
@@ -349,6 +361,7 @@ impl Validator<'_> {
                 per_ip: self.rate(&k("per_ip"), &r.per_ip),
                 per_key: self.rate(&k("per_key"), &r.per_key),
                 upstream: self.url(&k("upstream"), &r.upstream),
+                forward_authorization: r.forward_authorization,
             };
             if let Some(dup) =
                 routes.iter().position(|x: &Route| x.path == route.path && !route.path.is_empty())

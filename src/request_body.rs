@@ -1,0 +1,344 @@
+//! The client's request body: read whole when it is small enough to judge (as nginx buffers
+//! request bodies before it connects upstream, so a slow client never holds one of Frappe's
+//! few sync workers), else streamed upstream with a size cap, an idle timeout and, for a
+//! multipart form, the streaming scan that aborts it before Frappe could act on a judged field.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::frappe_request::{FormError, MultipartScan};
+
+/// Limits on reading a body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Bodies up to this are read whole before anything goes upstream.
+    pub inspect: u64,
+    /// No body may be larger.
+    pub max: u64,
+    /// Buffered: the whole body; streamed: the longest pause between two chunks.
+    pub read_timeout: Duration,
+}
+
+/// A body after the buffering attempt.
+pub enum ReadBody {
+    /// The whole body (empty for none).
+    Complete(Bytes),
+    /// Larger than `inspect`: what was read so far, and the rest still to come.
+    Partial { prefix: VecDeque<Bytes>, rest: Incoming },
+}
+
+/// Reads up to `limits.inspect` bytes within `limits.read_timeout`. `declared` is the
+/// Content-Length: a body declared larger than `inspect` is not waited for at all.
+pub async fn read(
+    body: Incoming,
+    declared: Option<u64>,
+    limits: &BodyLimits,
+) -> Result<ReadBody, GatewayError> {
+    if body.is_end_stream() {
+        return Ok(ReadBody::Complete(Bytes::new()));
+    }
+    if declared.is_some_and(|len| len > limits.inspect) {
+        return Ok(ReadBody::Partial { prefix: VecDeque::new(), rest: body });
+    }
+    match tokio::time::timeout(limits.read_timeout, read_prefix(body, limits.inspect)).await {
+        Ok(result) => result,
+        Err(_) => Err(body_timeout(limits.read_timeout)),
+    }
+}
+
+async fn read_prefix(mut body: Incoming, inspect: u64) -> Result<ReadBody, GatewayError> {
+    let mut prefix = VecDeque::new();
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(client_failed)?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len() as u64;
+        prefix.push_back(data);
+        if seen > inspect {
+            return Ok(ReadBody::Partial { prefix, rest: body });
+        }
+    }
+    Ok(ReadBody::Complete(concat(prefix, seen)))
+}
+
+fn concat(mut chunks: VecDeque<Bytes>, len: u64) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop_front().expect("one chunk");
+    }
+    let mut out = BytesMut::with_capacity(len as usize);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    out.freeze()
+}
+
+fn client_failed(e: hyper::Error) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, "the request body could not be read")
+        .with_reason(format!("client body: {e}"))
+}
+
+fn body_timeout(after: Duration) -> GatewayError {
+    GatewayError::new(ErrorKind::RequestTimeout, "the request body did not arrive in time").with_reason(
+        format!(
+            "request body incomplete after {} (server.body_read_timeout)",
+            humantime::format_duration(after)
+        ),
+    )
+}
+
+pub fn body_too_large() -> GatewayError {
+    GatewayError::new(ErrorKind::PayloadTooLarge, "request body is larger than the gateway allows")
+}
+
+/// Why a streamed body was cut off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFailure {
+    TooLarge,
+    Timeout(Duration),
+    /// The client's connection failed mid-body.
+    Client,
+    Refused(FormError),
+}
+
+impl BodyFailure {
+    /// The client's answer when the upstream request failed because of its own body.
+    pub fn to_error(&self) -> GatewayError {
+        match self {
+            BodyFailure::TooLarge => {
+                body_too_large().with_reason("request body outgrew server.max_body_bytes while streaming")
+            }
+            BodyFailure::Timeout(after) => body_timeout(*after),
+            BodyFailure::Client => {
+                GatewayError::new(ErrorKind::BadRequest, "the request body could not be read")
+                    .with_reason("client body failed while streaming")
+            }
+            BodyFailure::Refused(e) => GatewayError::new(ErrorKind::Forbidden, e.to_string())
+                .with_reason(format!("streamed multipart body aborted: {e}")),
+        }
+    }
+}
+
+/// What the body reports while it goes upstream.
+#[derive(Default)]
+pub struct BodyStats {
+    pub bytes: AtomicU64,
+    sent: AtomicBool,
+    sent_signal: Notify,
+    failure: OnceLock<BodyFailure>,
+}
+
+impl BodyStats {
+    pub fn failure(&self) -> Option<&BodyFailure> {
+        self.failure.get()
+    }
+
+    /// Resolves once the whole body has been handed upstream (upload time does not count
+    /// against `upstream.timeout`).
+    pub async fn sent(&self) {
+        let notified = self.sent_signal.notified();
+        if self.sent.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    fn mark_sent(&self) {
+        self.sent.store(true, Ordering::Release);
+        self.sent_signal.notify_waiters();
+    }
+
+    fn fail(&self, failure: BodyFailure) {
+        let _ = self.failure.set(failure);
+    }
+}
+
+/// The request body sent upstream.
+pub struct UpstreamBody {
+    inner: Inner,
+    stats: Arc<BodyStats>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Stream(Box<Streamed>),
+}
+
+struct Streamed {
+    prefix: VecDeque<Bytes>,
+    rest: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+    scan: Option<MultipartScan>,
+    /// With a scan, one frame is held back until the next arrives (or the scan ends), so the
+    /// upstream never has a complete body that the scan has not cleared.
+    held: Option<Frame<Bytes>>,
+}
+
+impl UpstreamBody {
+    pub fn full(bytes: Bytes, stats: Arc<BodyStats>) -> Self {
+        stats.bytes.store(bytes.len() as u64, Ordering::Relaxed);
+        stats.mark_sent();
+        UpstreamBody { inner: Inner::Full(Some(bytes).filter(|b| !b.is_empty())), stats }
+    }
+
+    pub fn empty(stats: Arc<BodyStats>) -> Self {
+        Self::full(Bytes::new(), stats)
+    }
+
+    /// Streams `prefix` then `rest`, cut off past `limits.max` or after `limits.read_timeout`
+    /// without data; `scan` judges a multipart form on the way.
+    pub fn streamed(
+        prefix: VecDeque<Bytes>,
+        rest: Incoming,
+        limits: &BodyLimits,
+        scan: Option<MultipartScan>,
+        stats: Arc<BodyStats>,
+    ) -> Self {
+        let streamed = Streamed {
+            prefix,
+            rest: Some(rest),
+            limit: limits.max,
+            seen: 0,
+            idle: limits.read_timeout,
+            deadline: Box::pin(tokio::time::sleep(limits.read_timeout)),
+            scan,
+            held: None,
+        };
+        UpstreamBody { inner: Inner::Stream(Box::new(streamed)), stats }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body refused while streaming")]
+pub struct BodyRefused;
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyRefused;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyRefused>>> {
+        let this = &mut *self;
+        match &mut this.inner {
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Stream(s) => match s.poll_next(cx, &this.stats) {
+                Poll::Ready(Some(Err(failure))) => {
+                    this.stats.fail(failure);
+                    s.rest = None;
+                    Poll::Ready(Some(Err(BodyRefused)))
+                }
+                Poll::Ready(None) => {
+                    this.stats.mark_sent();
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(bytes) => bytes.is_none(),
+            Inner::Stream(s) => s.rest.is_none() && s.prefix.is_empty() && s.held.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Streamed {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        stats: &BodyStats,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+        loop {
+            let frame = match self.next_client_frame(cx) {
+                Poll::Ready(Ok(Some(frame))) => frame,
+                Poll::Ready(Ok(None)) => return self.poll_end(cx),
+                Poll::Ready(Err(failure)) => return Poll::Ready(Some(Err(failure))),
+                Poll::Pending => return Poll::Pending,
+            };
+            if let Some(data) = frame.data_ref() {
+                self.seen += data.len() as u64;
+                stats.bytes.store(self.seen, Ordering::Relaxed);
+                if self.seen > self.limit {
+                    return Poll::Ready(Some(Err(BodyFailure::TooLarge)));
+                }
+            }
+            let Some(scan) = self.scan.as_mut() else { return Poll::Ready(Some(Ok(frame))) };
+            if let Some(data) = frame.data_ref() {
+                scan.push(data.clone());
+            }
+            if let Poll::Ready(Err(e)) = scan.poll(cx) {
+                return Poll::Ready(Some(Err(BodyFailure::Refused(e))));
+            }
+            if let Some(previous) = self.held.replace(frame) {
+                return Poll::Ready(Some(Ok(previous)));
+            }
+        }
+    }
+
+    /// The next frame from the prefix or the client; `Ready(None)` at the body's end,
+    /// `Pending` while the client is quiet (up to the idle timeout).
+    fn next_client_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame<Bytes>>, BodyFailure>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Ok(Some(Frame::data(chunk))));
+        }
+        let Some(rest) = self.rest.as_mut() else { return Poll::Ready(Ok(None)) };
+        match Pin::new(rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.deadline.as_mut().reset(Instant::now() + self.idle);
+                Poll::Ready(Ok(Some(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Err(BodyFailure::Client)),
+            Poll::Ready(None) => {
+                self.rest = None;
+                Poll::Ready(Ok(None))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(BodyFailure::Timeout(self.idle))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    /// The client's body has ended: with a scan, release the held frame only once the scan
+    /// has judged the whole form.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+        if let Some(scan) = self.scan.as_mut() {
+            scan.close();
+            match scan.poll(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(BodyFailure::Refused(e)))),
+                Poll::Pending => {
+                    return Poll::Ready(Some(Err(BodyFailure::Refused(FormError::BadMultipart))))
+                }
+            }
+        }
+        Poll::Ready(self.held.take().map(Ok))
+    }
+}
