@@ -8,6 +8,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
+use super::budget::OverBudget;
 use crate::error::{ErrorKind, GatewayError};
 
 /// Asks Frappe whose credentials an `Authorization` header carries (`FrappeClient` in
@@ -71,24 +72,42 @@ pub enum Rejection {
     Disabled,
     /// Frappe could not be asked (timeout, refused, 5xx); nothing cached. The reason is for logs.
     Unavailable(String),
+    /// An unknown credential while the verification budget is spent; Frappe was not asked,
+    /// nothing cached, and it is not the client's failure (no lockout).
+    OverBudget(OverBudget),
 }
 
 impl Rejection {
-    /// For the access log: `rejected`, `negative-hit`, `disabled`, `unavailable`.
+    /// For the access log: `rejected`, `negative-hit`, `disabled`, `unavailable`, `over-budget`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Rejection::WrongCredentials => "rejected",
             Rejection::NegativeHit => "negative-hit",
             Rejection::Disabled => "disabled",
             Rejection::Unavailable(_) => "unavailable",
+            Rejection::OverBudget(_) => "over-budget",
         }
     }
 
-    /// 401, or 503 for `Unavailable`.
+    /// 401, or 503 for `Unavailable` and `OverBudget`.
     pub fn error_kind(&self) -> ErrorKind {
         match self {
-            Rejection::Unavailable(_) => ErrorKind::Unavailable,
+            Rejection::Unavailable(_) | Rejection::OverBudget(_) => ErrorKind::Unavailable,
             _ => ErrorKind::Unauthorized,
+        }
+    }
+
+    /// False for refusals that say nothing about the client's credentials (Frappe could not be
+    /// asked): those never count towards the failed-auth lockout.
+    pub fn counts_as_failure(&self) -> bool {
+        !matches!(self, Rejection::Unavailable(_) | Rejection::OverBudget(_))
+    }
+
+    /// `Retry-After` for the client: set when over budget.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Rejection::OverBudget(over) => Some(over.retry_after()),
+            _ => None,
         }
     }
 
@@ -100,6 +119,7 @@ impl Rejection {
             }
             Rejection::Disabled => "this user is disabled in Frappe",
             Rejection::Unavailable(_) => "authentication backend unavailable; try again later",
+            Rejection::OverBudget(_) => "too many new credentials to verify right now; retry shortly",
         }
     }
 
@@ -107,6 +127,7 @@ impl Rejection {
     pub fn reason(&self) -> Cow<'static, str> {
         match self {
             Rejection::Unavailable(why) => format!("credential check unavailable: {why}").into(),
+            Rejection::OverBudget(over) => format!("verification budget exhausted: {over}").into(),
             other => other.as_str().into(),
         }
     }
@@ -114,6 +135,10 @@ impl Rejection {
 
 impl From<Rejection> for GatewayError {
     fn from(r: Rejection) -> Self {
-        GatewayError::new(r.error_kind(), r.message()).with_reason(r.reason())
+        let err = GatewayError::new(r.error_kind(), r.message()).with_reason(r.reason());
+        match r.retry_after() {
+            Some(after) => err.with_retry_after(after),
+            None => err,
+        }
     }
 }

@@ -2,6 +2,10 @@
 //! per digest, one Frappe call per concurrent miss, stale-if-error, and revocation by sync and
 //! webhooks (DESIGN.md "The credential store").
 //!
+//! A verification that would call Frappe first takes a permit from the verification budget
+//! ([`VerifyBudget`], `frappe.max_verify_concurrency` / `max_verify_rate`); without one it is
+//! refused (503, nothing cached, stale entries still served). Hits never touch the budget.
+//!
 //! Only keyed digests are kept, never a secret. The hit path is one moka lookup, one HMAC, one
 //! constant-time compare and one short read lock; nothing is held across an await.
 
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use moka::future::Cache;
 
+use super::budget::{OverBudget, VerifyBudget};
 use super::digest::{Digest, Digester};
 use super::directory::{lowercase_key, Changes, Directory, SyncedUser, View};
 use super::header::Credential;
@@ -52,6 +57,8 @@ enum FlightError {
     Rejected,
     Negative,
     Unavailable(String),
+    /// The verification budget had no room; Frappe was not asked.
+    OverBudget(OverBudget),
 }
 
 enum Judgement {
@@ -99,6 +106,8 @@ pub struct CredentialStore {
     cache_ttl: Duration,
     negative_ttl: Duration,
     stale_if_error: Duration,
+    /// `None`: unbounded (tests and benches; production always sets one).
+    budget: Option<VerifyBudget>,
     clock: Clock,
 }
 
@@ -142,8 +151,20 @@ impl CredentialStore {
             cache_ttl: cfg.cache_ttl,
             negative_ttl: cfg.negative_ttl,
             stale_if_error: cfg.stale_if_error,
+            budget: None,
             clock: Clock::default(),
         }
+    }
+
+    /// Bounds the calls to Frappe that cache misses may make (see [`VerifyBudget`]).
+    pub fn with_budget(mut self, budget: VerifyBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Verifications the budget refused since start (0 without a budget).
+    pub fn budget_refusals(&self) -> u64 {
+        self.budget.as_ref().map_or(0, VerifyBudget::refused)
     }
 
     /// Checks parsed credentials; `authorization` is the raw header, sent to Frappe as is on a
@@ -171,7 +192,10 @@ impl CredentialStore {
             Ok(entry) => self.admit_verified(&entry),
             Err(FlightError::Negative) => Err(Rejection::NegativeHit),
             Err(FlightError::Rejected) => Err(Rejection::WrongCredentials),
-            Err(FlightError::Unavailable(why)) => self.serve_stale(stale, why),
+            Err(FlightError::Unavailable(why)) => self.serve_stale(stale, Rejection::Unavailable(why)),
+            // Over budget is "cannot verify now" too: a credential verified recently keeps
+            // working rather than suffer for someone else's flood of new keys.
+            Err(FlightError::OverBudget(over)) => self.serve_stale(stale, Rejection::OverBudget(over)),
         }
     }
 
@@ -303,6 +327,11 @@ impl CredentialStore {
         if self.refused(&probe.digest, started).await {
             return Err(FlightError::Negative);
         }
+        // Held until Frappe answered; joined requests share it with this flight.
+        let _permit = match &self.budget {
+            Some(budget) => Some(budget.try_start().map_err(FlightError::OverBudget)?),
+            None => None,
+        };
         match self.verifier.verify(authorization).await {
             Ok(user) if !user.is_empty() && user != "Guest" => Ok(self.remember(probe, user, started).await),
             Ok(_) | Err(VerifyError::Rejected) => {
@@ -345,19 +374,19 @@ impl CredentialStore {
         Ok(admit(entry, Outcome::MissVerified, view))
     }
 
-    /// Frappe is unreachable: an entry verified within `stale_if_error`, never revoked since,
-    /// still admits.
-    fn serve_stale(&self, stale: Option<Arc<Entry>>, why: String) -> Result<Admitted, Rejection> {
+    /// Frappe cannot be asked now (unreachable, or the budget is spent): an entry verified
+    /// within `stale_if_error`, never revoked since, still admits; otherwise `refusal`.
+    fn serve_stale(&self, stale: Option<Arc<Entry>>, refusal: Rejection) -> Result<Admitted, Rejection> {
         let Some(entry) = stale else {
-            return Err(Rejection::Unavailable(why));
+            return Err(refusal);
         };
         match self.judge(&entry, self.clock.now()) {
             Judgement::Fresh(view) | Judgement::Expired(view) => {
-                tracing::debug!(api_key = %entry.key, reason = %why, "Frappe unavailable: admitting a stale credential");
+                tracing::debug!(api_key = %entry.key, reason = %refusal.reason(), "cannot verify now: admitting a stale credential");
                 Ok(admit(&entry, Outcome::Stale, view))
             }
             Judgement::Disabled => Err(Rejection::Disabled),
-            Judgement::Dead => Err(Rejection::Unavailable(why)),
+            Judgement::Dead => Err(refusal),
         }
     }
 

@@ -70,6 +70,8 @@ pub struct RawFrappe {
     pub sync_token_env: S<String>,
     pub webhook_secret_env: S<String>,
     pub verify_timeout: S<String>,
+    pub max_verify_concurrency: S<u64>,
+    pub max_verify_rate: S<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

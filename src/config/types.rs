@@ -76,6 +76,10 @@ pub struct FrappeConfig {
     pub webhook_secret: Option<Secret>,
     /// Time allowed for one call to Frappe (whoami, sync page).
     pub verify_timeout: Duration,
+    /// Verifications of unknown credentials in flight at once (default 16); beyond, 503.
+    pub max_verify_concurrency: usize,
+    /// Verifications of unknown credentials started, process-wide (default `50/sec`).
+    pub max_verify_rate: Rate,
 }
 
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ use http::header::HeaderName;
 use tokio::sync::Semaphore;
 
 use super::*;
+use crate::auth::budget::{OverBudget, VerifyBudget};
 use crate::auth::header::parse;
 use crate::error::ErrorKind;
 
@@ -449,4 +450,111 @@ async fn len_counts_cached_credentials() {
     store.revoke_user(USER);
     store.positive.run_pending_tasks().await;
     assert_eq!(store.len(), 0);
+}
+
+// ----- the verification budget -------------------------------------------------------------
+
+const OTHER_KEY: &str = "1b2c3d4e5f60718";
+const THIRD_KEY: &str = "2c3d4e5f6071829";
+
+fn budgeted(fake: &Arc<FakeFrappe>, cfg: AuthConfig, concurrency: usize, rate: &str) -> Arc<CredentialStore> {
+    let rate = crate::config::parse_rate(rate).unwrap();
+    let budget = VerifyBudget::with_clock(concurrency, rate, Arc::new(crate::policy::ManualClock::new()));
+    Arc::new(CredentialStore::new(&cfg, fake.clone()).with_budget(budget))
+}
+
+/// Waits (bounded) until the fake has seen `n` whoami calls.
+async fn until_calls(fake: &FakeFrappe, n: usize) {
+    for _ in 0..10_000 {
+        if fake.calls() >= n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the fake saw {} calls, not {n}", fake.calls());
+}
+
+/// Takes the fake's only gate permit away: every later whoami call hangs until permits are added.
+async fn close_gate(fake: &FakeFrappe) {
+    fake.gate.acquire().await.unwrap().forget();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_refuses_unknown_keys_only_and_caches_nothing() {
+    let fake = FakeFrappe::gated(1);
+    fake.set_key(OTHER_KEY, SECRET, "other@example.com");
+    let store = budgeted(&fake, config(600, 30, 600), 1, "1000/sec");
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    close_gate(&fake).await;
+    let holder = {
+        let store = store.clone();
+        tokio::spawn(async move { auth(&store, &header(OTHER_KEY, SECRET)).await })
+    };
+    until_calls(&fake, 2).await;
+    let refused = auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap_err();
+    assert_eq!(refused, Rejection::OverBudget(OverBudget::Concurrency { limit: 1 }));
+    assert_eq!((refused.error_kind(), refused.as_str()), (ErrorKind::Unavailable, "over-budget"));
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
+    assert!(!refused.counts_as_failure(), "never a failed authentication");
+    assert!(refused.reason().contains("frappe.max_verify_concurrency"), "{}", refused.reason());
+    assert_eq!(fake.calls(), 2, "Frappe was not asked");
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Hit, "hits pass");
+    fake.gate.add_permits(1);
+    assert_eq!(holder.await.unwrap().unwrap().outcome, Outcome::MissVerified);
+    // Not cached as a refusal: the same credential is verified once there is room.
+    assert_eq!(auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+    assert_eq!(fake.calls(), 3);
+    assert_eq!(store.budget_refusals(), 1);
+}
+
+#[tokio::test]
+async fn the_rate_counts_calls_to_frappe_not_requests() {
+    let fake = FakeFrappe::new();
+    let store = budgeted(&fake, config(600, 30, 600), 16, "2/sec");
+    assert_eq!(auth(&store, &header(OTHER_KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    // Negative and positive hits cost no token.
+    for _ in 0..10 {
+        assert_eq!(auth(&store, &header(OTHER_KEY, SECRET)).await.unwrap_err(), Rejection::NegativeHit);
+        assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Hit);
+    }
+    let refused = auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap_err();
+    assert!(matches!(refused, Rejection::OverBudget(OverBudget::Rate { .. })), "{refused:?}");
+    assert!(refused.reason().contains("frappe.max_verify_rate"), "{}", refused.reason());
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_joining_a_verification_need_no_permit() {
+    let fake = FakeFrappe::gated(0);
+    let store = budgeted(&fake, config(600, 30, 600), 1, "1/sec");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { auth(&store, &header(KEY, SECRET)).await })
+        })
+        .collect();
+    until_calls(&fake, 1).await;
+    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    for task in tasks {
+        assert_eq!(&*task.await.unwrap().unwrap().user, USER);
+    }
+    assert_eq!((fake.calls(), store.budget_refusals()), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_budget_serves_a_recently_verified_credential_stale() {
+    let fake = FakeFrappe::gated(1);
+    let store = budgeted(&fake, config(60, 30, 600), 1, "1000/sec");
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.clock.advance(Duration::from_secs(120));
+    close_gate(&fake).await;
+    let holder = {
+        let store = store.clone();
+        tokio::spawn(async move { auth(&store, &header(OTHER_KEY, SECRET)).await })
+    };
+    until_calls(&fake, 2).await;
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Stale);
+    fake.gate.add_permits(1);
+    holder.await.unwrap().unwrap_err();
 }
