@@ -618,6 +618,11 @@ async fn whoami_fault_modes() {
     let started = Instant::now();
     assert_eq!(whoami(&frappe, Some(&auth)).await.0, 200);
     assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(frappe.whoami_max_in_flight(), 1);
+    // Three at once, each held by the delay: the fake saw all three in flight together.
+    let three = futures_util::future::join_all((0..3).map(|_| whoami(&frappe, Some(&auth)))).await;
+    assert!(three.iter().all(|(status, _)| *status == 200));
+    assert_eq!(frappe.whoami_max_in_flight(), 3);
     frappe.set_whoami_delay(Duration::ZERO);
 
     frappe.set_whoami_mode(WhoamiMode::Status500);
@@ -630,7 +635,7 @@ async fn whoami_fault_modes() {
     let url = format!("{}/api/method/frappe.auth.get_logged_user", frappe.url());
     let err = client.get(&url).header("authorization", &auth).send().await.expect_err("hangs");
     assert!(err.is_timeout());
-    assert_eq!(frappe.whoami_calls(), 3);
+    assert_eq!(frappe.whoami_calls(), 6);
     // Other endpoints are unaffected.
     let ping = format!("{}/api/method/ping", frappe.url());
     assert_eq!(get_json(&client, &ping, None).await, (200, json!({"message": "pong"})));
