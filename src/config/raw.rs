@@ -83,6 +83,7 @@ pub struct RawAuth {
     pub cache_ttl: S<String>,
     pub negative_ttl: S<String>,
     pub stale_if_error: S<String>,
+    pub allow_administrator: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -90,6 +90,9 @@ pub struct AuthConfig {
     pub cache_ttl: Duration,
     pub negative_ttl: Duration,
     pub stale_if_error: Duration,
+    /// Accept Administrator's credentials (default false). When true, its `enabled` and
+    /// `restrict_ip` are read with its own credentials at each verification (sync cannot).
+    pub allow_administrator: bool,
 }
 
 #[derive(Debug, Clone)]

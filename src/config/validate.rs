@@ -311,6 +311,7 @@ impl Validator<'_> {
             cache_ttl: self.duration("auth.cache_ttl", &a.cache_ttl, "10m"),
             negative_ttl: self.duration("auth.negative_ttl", &a.negative_ttl, "30s"),
             stale_if_error: self.duration("auth.stale_if_error", &a.stale_if_error, "1h"),
+            allow_administrator: a.allow_administrator.unwrap_or(false),
         }
     }
 
@@ -484,6 +485,10 @@ mod tests {
         assert_eq!(c.auth.user_header.as_str(), "x-frappe-user");
         assert_eq!(c.frappe.url, c.upstream.url);
         assert!(c.frappe.sync_token.is_none());
+        assert!(!c.auth.allow_administrator, "Administrator is refused unless allowed");
+        assert!(
+            check(&format!("{MIN}[auth]\nallow_administrator = true\n")).unwrap().auth.allow_administrator
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ struct FakeFrappe {
     bearers: Mutex<HashMap<String, String>>,
     down: AtomicBool,
     gate: Semaphore,
+    /// User records a user may read about itself (Administrator), and how often they were.
+    own: Mutex<HashMap<String, SyncedUser>>,
+    own_reads: AtomicUsize,
 }
 
 impl FakeFrappe {
@@ -39,6 +42,8 @@ impl FakeFrappe {
             bearers: Mutex::default(),
             down: AtomicBool::new(false),
             gate: Semaphore::new(permits),
+            own: Mutex::default(),
+            own_reads: AtomicUsize::new(0),
         };
         fake.set_key(KEY, SECRET, USER);
         Arc::new(fake)
@@ -80,6 +85,21 @@ impl Verify for FakeFrappe {
             self.answer(authorization)
         })
     }
+
+    fn read_own_user<'a>(
+        &'a self,
+        _: &'a HeaderValue,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<SyncedUser, VerifyError>> {
+        Box::pin(async move {
+            self.own_reads.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(VerifyError::Unavailable("connection refused".into()));
+            }
+            let record = self.own.lock().unwrap().get(name).cloned();
+            record.ok_or_else(|| VerifyError::Unavailable("Frappe answered HTTP 403".into()))
+        })
+    }
 }
 
 fn config(ttl: u64, negative: u64, stale: u64) -> AuthConfig {
@@ -90,6 +110,7 @@ fn config(ttl: u64, negative: u64, stale: u64) -> AuthConfig {
         cache_ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(negative),
         stale_if_error: Duration::from_secs(stale),
+        allow_administrator: false,
     }
 }
 
@@ -465,11 +486,12 @@ fn budgeted(fake: &Arc<FakeFrappe>, cfg: AuthConfig, concurrency: usize, rate: &
 
 /// Waits (bounded) until the fake has seen `n` whoami calls.
 async fn until_calls(fake: &FakeFrappe, n: usize) {
-    for _ in 0..10_000 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
         if fake.calls() >= n {
             return;
         }
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     panic!("the fake saw {} calls, not {n}", fake.calls());
 }
@@ -557,4 +579,99 @@ async fn over_budget_serves_a_recently_verified_credential_stale() {
     assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Stale);
     fake.gate.add_permits(1);
     holder.await.unwrap().unwrap_err();
+}
+
+// ----- Administrator: the user sync cannot see ------------------------------------------------
+
+const ADMIN_KEY: &str = "adadadadadadada";
+const ADMIN: &str = "Administrator";
+
+fn with_admin(fake: &FakeFrappe, enabled: bool, restrict_ip: Option<&str>) {
+    fake.set_key(ADMIN_KEY, SECRET, ADMIN);
+    let record = SyncedUser {
+        name: ADMIN.into(),
+        enabled,
+        api_key: Some(ADMIN_KEY.into()),
+        modified: "m1".into(),
+        restrict_ip: restrict_ip.map(Into::into),
+    };
+    fake.own.lock().unwrap().insert(ADMIN.into(), record);
+}
+
+fn allowing_administrator() -> AuthConfig {
+    AuthConfig { allow_administrator: true, ..config(600, 30, 600) }
+}
+
+#[tokio::test]
+async fn administrator_is_refused_by_default_and_cached_as_refused() {
+    let fake = FakeFrappe::new();
+    with_admin(&fake, true, None);
+    let store = store_with(&fake, config(60, 30, 600));
+    for _ in 0..5 {
+        let refused = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err();
+        assert_eq!(refused, Rejection::Administrator);
+        assert_eq!((refused.error_kind(), refused.as_str()), (ErrorKind::Forbidden, "administrator"));
+        assert!(!refused.counts_as_failure(), "valid credentials barred by policy are no failed login");
+        assert!(refused.reason().contains("auth.allow_administrator"), "{}", refused.reason());
+    }
+    assert_eq!(fake.calls(), 1, "one whoami, then refused from the cache");
+    assert_eq!(fake.own_reads.load(Ordering::SeqCst), 0, "its record is never read when barred");
+    // A wrong secret for Administrator's key is an ordinary wrong secret.
+    assert_eq!(
+        auth(&store, &header(ADMIN_KEY, "wrongsecret1234")).await.unwrap_err(),
+        Rejection::WrongCredentials
+    );
+    // Frappe down and the entry expired: still refused, never admitted stale.
+    store.clock.advance(Duration::from_secs(120));
+    fake.down.store(true, Ordering::SeqCst);
+    assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err(), Rejection::Administrator);
+}
+
+#[tokio::test]
+async fn an_allowed_administrator_carries_its_own_restrict_ip() {
+    let fake = FakeFrappe::new();
+    with_admin(&fake, true, Some("10.1.2.3"));
+    let store = store_with(&fake, allowing_administrator());
+    let first = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap();
+    assert_eq!(
+        (first.outcome, &*first.user, first.restrict_ip.as_deref()),
+        (Outcome::MissVerified, ADMIN, Some("10.1.2.3"))
+    );
+    let hit = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap();
+    assert_eq!((hit.outcome, hit.restrict_ip.as_deref()), (Outcome::Hit, Some("10.1.2.3")));
+    assert_eq!((fake.calls(), fake.own_reads.load(Ordering::SeqCst)), (1, 1));
+    // Sync never lists Administrator: a sync without it changes nothing.
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap().outcome, Outcome::Hit);
+    // A webhook for Administrator drops it; the next request reads the record again.
+    with_admin(&fake, true, Some("10.9.9.9"));
+    store.revoke_user(ADMIN);
+    store.clock.advance(Duration::from_millis(1));
+    let again = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap();
+    assert_eq!((again.outcome, again.restrict_ip.as_deref()), (Outcome::MissVerified, Some("10.9.9.9")));
+    assert_eq!(fake.own_reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_disabled_administrator_is_refused_from_the_cache() {
+    let fake = FakeFrappe::new();
+    with_admin(&fake, false, None);
+    let store = store_with(&fake, allowing_administrator());
+    for _ in 0..3 {
+        assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err(), Rejection::Disabled);
+    }
+    assert_eq!((fake.calls(), fake.own_reads.load(Ordering::SeqCst)), (1, 1));
+}
+
+#[tokio::test]
+async fn a_failed_self_read_fails_closed_and_caches_nothing() {
+    let fake = FakeFrappe::new();
+    fake.set_key(ADMIN_KEY, SECRET, ADMIN);
+    let store = store_with(&fake, allowing_administrator());
+    let refused = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err();
+    assert_eq!(refused, Rejection::Unavailable("Frappe answered HTTP 403".into()));
+    assert_eq!(refused.error_kind(), ErrorKind::Unavailable);
+    with_admin(&fake, true, None);
+    assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(fake.calls(), 2, "the failure was not cached");
 }
