@@ -29,6 +29,7 @@ fn store() -> CredentialStore {
         cache_ttl: Duration::from_secs(600),
         negative_ttl: Duration::from_secs(30),
         stale_if_error: Duration::from_secs(600),
+        allow_administrator: false,
     };
     CredentialStore::new(&cfg, Arc::new(InstantFrappe))
 }

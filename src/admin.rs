@@ -150,10 +150,7 @@ async fn webhook(state: &AppState, req: Request<Incoming>) -> AdminResponse {
     if let Some(bus) = &state.limits.revocations {
         bus.publish(&user).await;
     }
-    json(
-        StatusCode::OK,
-        serde_json::json!({ "revoked": user, "refreshed": refreshed.is_ok() && sync_token.is_some() }),
-    )
+    json(StatusCode::OK, serde_json::json!({ "revoked": user, "refreshed": matches!(refreshed, Ok(true)) }))
 }
 
 /// `GET /api/method/ping` on the upstream: any answer below 500 means Frappe is serving.

@@ -16,8 +16,19 @@ const DECISIONS: [&str; 6] =
     ["allow", "deny", "rate_limited", "unavailable", "upstream_error", "client_closed"];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Authentication outcomes, as the access log names them.
-pub const AUTH_OUTCOMES: [&str; 7] =
-    ["hit", "miss-verified", "stale", "negative-hit", "rejected", "disabled", "unavailable"];
+/// `over-budget` counts unknown credentials refused by the verification budget,
+/// `administrator` Administrator's credentials refused by `auth.allow_administrator = false`.
+pub const AUTH_OUTCOMES: [&str; 9] = [
+    "hit",
+    "miss-verified",
+    "stale",
+    "negative-hit",
+    "rejected",
+    "disabled",
+    "unavailable",
+    "over-budget",
+    "administrator",
+];
 
 type Labels = Vec<(&'static str, &'static str)>;
 

@@ -253,7 +253,8 @@ async fn read_body(
 }
 
 /// Parses the header and asks the credential store. Wrong and malformed credentials count
-/// towards the failed-auth lockout; "cannot verify now" does not (it is not the client's fault).
+/// towards the failed-auth lockout; "cannot verify now" (Frappe unreachable, verification
+/// budget spent) does not: it is not the client's fault.
 async fn verify_credentials(
     state: &AppState,
     ctx: &mut Ctx,
@@ -263,7 +264,7 @@ async fn verify_credentials(
         Ok(credential) => {
             let raw = header.expect("parsed credentials come from a header");
             state.auth.store.authenticate(&credential, raw).await.map_err(|rejection| {
-                let counts = !matches!(rejection, auth::Rejection::Unavailable(_));
+                let counts = rejection.counts_as_failure();
                 ctx.log.auth = Some(rejection.as_str());
                 (GatewayError::from(rejection), counts)
             })
@@ -488,7 +489,10 @@ fn declared_length(head: &Parts, max: u64) -> Result<Option<u64>, GatewayError> 
 /// One application-log line per refusal, at a level that matches who is at fault.
 fn log_refusal(log: &RequestLog, err: &GatewayError) {
     let status = err.kind.status().as_u16();
-    if status >= 500 {
+    // A flood of unknown keys over the verification budget would otherwise write one warning
+    // per request; the budget logs a summary instead and the access log has each reason.
+    let summarized = log.auth == Some("over-budget");
+    if status >= 500 && !summarized {
         tracing::warn!(request_id = %log.request_id, client_ip = %log.client_ip, status, reason = %err.reason, "request failed");
     } else {
         // The access-log line already carries the reason; this is for debugging sessions.

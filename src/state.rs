@@ -10,7 +10,7 @@ use http::header::HeaderName;
 use http::Method;
 
 use crate::access_log::AccessLog;
-use crate::auth::{CredentialStore, FrappeClient, SyncStatus};
+use crate::auth::{CredentialStore, FrappeClient, SyncStatus, VerifyBudget};
 use crate::config::{Config, Rate, UserPolicy};
 use crate::metrics::Metrics;
 use crate::policy::{
@@ -135,7 +135,9 @@ impl AppState {
             config.frappe.verify_timeout,
         )?);
         let auth = AuthState {
-            store: Arc::new(CredentialStore::new(&config.auth, frappe.clone())),
+            store: Arc::new(CredentialStore::new(&config.auth, frappe.clone()).with_budget(
+                VerifyBudget::new(config.frappe.max_verify_concurrency, config.frappe.max_verify_rate),
+            )),
             frappe,
             sync_status: config.frappe.sync_token.as_ref().map(|_| Arc::new(SyncStatus::new())),
             restrict_ip: RestrictIpCache::new(10_000, std::time::Duration::from_secs(600)),

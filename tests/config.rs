@@ -67,6 +67,12 @@ fn unknown_auth_mode_names_key_and_line() {
 }
 
 #[test]
+fn zero_verify_budget_names_key_and_line() {
+    expect_error("[frappe]\nmax_verify_concurrency = 0\n", "frappe.max_verify_concurrency", 8);
+    expect_error("[frappe]\nmax_verify_rate = \"0/sec\"\n", "frappe.max_verify_rate", 8);
+}
+
+#[test]
 fn unknown_key_names_key_and_line() {
     expect_error("[auth]\nuser_hedaer = \"X-User\"\n", "auth.user_hedaer", 8);
 }

@@ -525,6 +525,24 @@ async fn user_list_pages_filters_and_hides_fields() {
     let (status, body) = get_json(&client, &url, Some(&sync)).await;
     assert_eq!((status, body["exc_type"].as_str()), (404, Some("DoesNotExistError")));
     assert_eq!(frappe.user_get_calls(), 2);
+
+    // FRAPPE.md §12: Administrator is invisible to a System Manager and readable only by itself.
+    let url = format!("{}/api/resource/User/Administrator", frappe.url());
+    let (status, body) = get_json(&client, &url, Some(&sync)).await;
+    assert_eq!((status, body["exc_type"].as_str()), (403, Some("PermissionError")));
+    frappe.add_user("Administrator", "adminkey0000001", "adminsecret0001");
+    frappe.set_restrict_ip("Administrator", Some("10.9.9.9"));
+    let admin = token_header("adminkey0000001", "adminsecret0001");
+    let (status, doc) = get_json(&client, &url, Some(&admin)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (doc["data"]["name"].as_str(), doc["data"]["enabled"].as_i64()),
+        (Some("Administrator"), Some(1))
+    );
+    assert_eq!(doc["data"]["restrict_ip"], "10.9.9.9");
+    let (_, all) = get_json(&client, &page(0, Some(0)), Some(&sync)).await;
+    let listed = all["data"].as_array().expect("data").iter().any(|r| r["name"] == "Administrator");
+    assert!(!listed, "a System Manager's list never shows Administrator, keys or not");
 }
 
 fn enc(s: &str) -> String {
@@ -618,6 +636,11 @@ async fn whoami_fault_modes() {
     let started = Instant::now();
     assert_eq!(whoami(&frappe, Some(&auth)).await.0, 200);
     assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(frappe.whoami_max_in_flight(), 1);
+    // Three at once, each held by the delay: the fake saw all three in flight together.
+    let three = futures_util::future::join_all((0..3).map(|_| whoami(&frappe, Some(&auth)))).await;
+    assert!(three.iter().all(|(status, _)| *status == 200));
+    assert_eq!(frappe.whoami_max_in_flight(), 3);
     frappe.set_whoami_delay(Duration::ZERO);
 
     frappe.set_whoami_mode(WhoamiMode::Status500);
@@ -630,7 +653,7 @@ async fn whoami_fault_modes() {
     let url = format!("{}/api/method/frappe.auth.get_logged_user", frappe.url());
     let err = client.get(&url).header("authorization", &auth).send().await.expect_err("hangs");
     assert!(err.is_timeout());
-    assert_eq!(frappe.whoami_calls(), 3);
+    assert_eq!(frappe.whoami_calls(), 6);
     // Other endpoints are unaffected.
     let ping = format!("{}/api/method/ping", frappe.url());
     assert_eq!(get_json(&client, &ping, None).await, (200, json!({"message": "pong"})));

@@ -22,8 +22,9 @@ const SYNC_SECRET: &str = "5ec2e75ec2e75ec";
 const WEBHOOK_SECRET: &str = "whsec-never-logged-91c4";
 const BEARER: &str = "bearer-never-logged-77d2";
 
-/// Secrets used by the suite's test files (auth_e2e, policy_e2e, redis_e2e, this file).
-const SUITE_SECRETS: [&str; 11] = [
+/// Secrets used by the suite's test files (auth_e2e, policy_e2e, redis_e2e, administrator,
+/// this file; verify_budget's random pairs are caught by the key:secret detector).
+const SUITE_SECRETS: [&str; 13] = [
     SECRET,
     SYNC_SECRET,
     WEBHOOK_SECRET,
@@ -35,6 +36,8 @@ const SUITE_SECRETS: [&str; 11] = [
     "bearer-token-e2e-1",
     "defdefdefdefdef",
     "444444444444444",
+    "5a5a5a5a5a5a5a5",
+    "whsec-admin-e2e-test",
 ];
 
 fn is_hex15(s: &str) -> bool {

@@ -180,6 +180,38 @@ impl FrappeClient {
         doc.into_synced(false).map(Some)
     }
 
+    /// `GET /api/resource/User/NAME` with the client's own Authorization header, for a user
+    /// the sync user cannot see (Administrator may read itself). 200 → the record; 401 →
+    /// `Rejected` (the credentials stopped working since whoami); anything else, a timeout or
+    /// an unreadable body → `Unavailable` with a reason (no secret in it).
+    pub async fn read_own_user(
+        &self,
+        authorization: &HeaderValue,
+        name: &str,
+    ) -> Result<SyncedUser, VerifyError> {
+        let unavailable =
+            |why: String| VerifyError::Unavailable(format!("reading User {name} as itself: {why}"));
+        let url = format!("{}/api/resource/User/{}", self.base, utf8_percent_encode(name, SEGMENT));
+        let response = self
+            .get(&url, sensitive(authorization.clone()))
+            .send()
+            .await
+            .map_err(|e| unavailable(self.transport(&e)))?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED => return Err(VerifyError::Rejected),
+            status => return Err(unavailable(format!("Frappe answered HTTP {}", status.as_u16()))),
+        }
+        let body = response.bytes().await.map_err(|e| unavailable(self.transport(&e)))?;
+        let doc =
+            serde_json::from_slice::<DocAnswer>(&body).map_err(|e| unavailable(bad_json(e).to_string()))?;
+        let user = doc.data.into_synced(false).map_err(|e| unavailable(e.to_string()))?;
+        if &*user.name != name {
+            return Err(unavailable(format!("Frappe answered the record of {:?}", user.name)));
+        }
+        Ok(user)
+    }
+
     fn list_url(&self, start: usize) -> String {
         format!(
             "{}/api/resource/User?fields={}&filters={}&order_by={}&limit_start={start}&limit_page_length={PAGE_SIZE}",
@@ -242,6 +274,14 @@ impl FrappeClient {
 impl Verify for FrappeClient {
     fn verify<'a>(&'a self, authorization: &'a HeaderValue) -> BoxFuture<'a, Result<String, VerifyError>> {
         Box::pin(self.whoami(authorization))
+    }
+
+    fn read_own_user<'a>(
+        &'a self,
+        authorization: &'a HeaderValue,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<SyncedUser, VerifyError>> {
+        Box::pin(FrappeClient::read_own_user(self, authorization, name))
     }
 }
 

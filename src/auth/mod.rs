@@ -4,6 +4,7 @@
 //! [`Verify`]; [`CredentialStore::authenticate`] runs on every token request; [`spawn_sync`]
 //! and [`webhook::handle_user_event`] keep the store in step with Frappe's Users.
 
+pub mod budget;
 mod digest;
 mod directory;
 pub mod frappe;
@@ -13,6 +14,7 @@ pub mod store;
 pub mod sync;
 pub mod webhook;
 
+pub use budget::{OverBudget, VerifyBudget};
 pub use directory::SyncedUser;
 pub use frappe::{FrappeClient, SyncError, UserSource};
 pub use header::{parse, Credential, HeaderError, Malformed};

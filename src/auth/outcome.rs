@@ -8,6 +8,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use http::HeaderValue;
 
+use super::budget::OverBudget;
+use super::directory::SyncedUser;
 use crate::error::{ErrorKind, GatewayError};
 
 /// Asks Frappe whose credentials an `Authorization` header carries (`FrappeClient` in
@@ -16,6 +18,19 @@ pub trait Verify: Send + Sync {
     /// `Ok(user)` when Frappe accepts the header; `Rejected` on 401 / 403; `Unavailable` on a
     /// timeout, a refused connection or any other answer.
     fn verify<'a>(&'a self, authorization: &'a HeaderValue) -> BoxFuture<'a, Result<String, VerifyError>>;
+
+    /// The User record `name` read with the client's own `authorization` — for users sync
+    /// cannot see (Frappe hides Administrator from everyone else; every user may read their
+    /// own record). `Rejected` on 401; `Unavailable` on anything else that is not the record.
+    /// The default fails closed: a verifier that cannot read it never admits such a user.
+    fn read_own_user<'a>(
+        &'a self,
+        authorization: &'a HeaderValue,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<SyncedUser, VerifyError>> {
+        let _ = authorization;
+        Box::pin(async move { Err(VerifyError::Unavailable(format!("cannot read the User {name:?}"))) })
+    }
 }
 
 /// Why a verification gave no user. The reason in `Unavailable` never holds a secret.
@@ -71,24 +86,47 @@ pub enum Rejection {
     Disabled,
     /// Frappe could not be asked (timeout, refused, 5xx); nothing cached. The reason is for logs.
     Unavailable(String),
+    /// An unknown credential while the verification budget is spent; Frappe was not asked,
+    /// nothing cached, and it is not the client's failure (no lockout).
+    OverBudget(OverBudget),
+    /// Valid credentials of Administrator while `auth.allow_administrator` is false (403).
+    Administrator,
 }
 
 impl Rejection {
-    /// For the access log: `rejected`, `negative-hit`, `disabled`, `unavailable`.
+    /// For the access log: `rejected`, `negative-hit`, `disabled`, `unavailable`, `over-budget`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Rejection::WrongCredentials => "rejected",
             Rejection::NegativeHit => "negative-hit",
             Rejection::Disabled => "disabled",
             Rejection::Unavailable(_) => "unavailable",
+            Rejection::OverBudget(_) => "over-budget",
+            Rejection::Administrator => "administrator",
         }
     }
 
-    /// 401, or 503 for `Unavailable`.
+    /// 401; 503 for `Unavailable` and `OverBudget`; 403 for `Administrator`.
     pub fn error_kind(&self) -> ErrorKind {
         match self {
-            Rejection::Unavailable(_) => ErrorKind::Unavailable,
+            Rejection::Unavailable(_) | Rejection::OverBudget(_) => ErrorKind::Unavailable,
+            Rejection::Administrator => ErrorKind::Forbidden,
             _ => ErrorKind::Unauthorized,
+        }
+    }
+
+    /// False for refusals that say nothing bad about the client's credentials: Frappe could
+    /// not be asked, or the credentials are valid but barred by policy (Administrator; its
+    /// owner would only lock out their own address). Those never count towards the lockout.
+    pub fn counts_as_failure(&self) -> bool {
+        !matches!(self, Rejection::Unavailable(_) | Rejection::OverBudget(_) | Rejection::Administrator)
+    }
+
+    /// `Retry-After` for the client: set when over budget.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Rejection::OverBudget(over) => Some(over.retry_after()),
+            _ => None,
         }
     }
 
@@ -100,6 +138,8 @@ impl Rejection {
             }
             Rejection::Disabled => "this user is disabled in Frappe",
             Rejection::Unavailable(_) => "authentication backend unavailable; try again later",
+            Rejection::OverBudget(_) => "too many new credentials to verify right now; retry shortly",
+            Rejection::Administrator => "the Administrator account cannot be used through the API gateway",
         }
     }
 
@@ -107,6 +147,10 @@ impl Rejection {
     pub fn reason(&self) -> Cow<'static, str> {
         match self {
             Rejection::Unavailable(why) => format!("credential check unavailable: {why}").into(),
+            Rejection::OverBudget(over) => format!("verification budget exhausted: {over}").into(),
+            Rejection::Administrator => {
+                "Administrator's credentials are refused (auth.allow_administrator = false)".into()
+            }
             other => other.as_str().into(),
         }
     }
@@ -114,6 +158,10 @@ impl Rejection {
 
 impl From<Rejection> for GatewayError {
     fn from(r: Rejection) -> Self {
-        GatewayError::new(r.error_kind(), r.message()).with_reason(r.reason())
+        let err = GatewayError::new(r.error_kind(), r.message()).with_reason(r.reason());
+        match r.retry_after() {
+            Some(after) => err.with_retry_after(after),
+            None => err,
+        }
     }
 }

@@ -2,6 +2,15 @@
 //! per digest, one Frappe call per concurrent miss, stale-if-error, and revocation by sync and
 //! webhooks (DESIGN.md "The credential store").
 //!
+//! A verification that would call Frappe first takes a permit from the verification budget
+//! ([`VerifyBudget`], `frappe.max_verify_concurrency` / `max_verify_rate`); without one it is
+//! refused (503, nothing cached, stale entries still served). Hits never touch the budget.
+//!
+//! Users sync cannot see ([`HIDDEN_FROM_SYNC`]: Frappe hides Administrator from every other
+//! user) are refused when `auth.allow_administrator` is false, cached as refused like any
+//! verified credential; when true, their record is read with their own credentials at each
+//! verification and the entry carries its `enabled` and `restrict_ip`.
+//!
 //! Only keyed digests are kept, never a secret. The hit path is one moka lookup, one HMAC, one
 //! constant-time compare and one short read lock; nothing is held across an await.
 
@@ -15,6 +24,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use moka::future::Cache;
 
+use super::budget::{OverBudget, VerifyBudget};
 use super::digest::{Digest, Digester};
 use super::directory::{lowercase_key, Changes, Directory, SyncedUser, View};
 use super::header::Credential;
@@ -31,6 +41,29 @@ struct Entry {
     digest: Digest,
     verified_at: Instant,
     bearer: bool,
+    standing: Standing,
+}
+
+/// Where a verified credential's user policy (enabled, restrict_ip) comes from.
+#[derive(Debug, Clone)]
+enum Standing {
+    /// An ordinary user: sync (the directory) reports its state.
+    Synced,
+    /// A user sync cannot see, read with its own credentials when the credential was verified.
+    SelfRead { enabled: bool, restrict_ip: Option<Arc<str>> },
+    /// Administrator while `auth.allow_administrator` is false: refused on every use, but
+    /// cached like a valid credential so it costs Frappe no further call until it expires.
+    Barred,
+}
+
+/// Users Frappe hides from the sync user's list and documents (a System Manager gets 403 on
+/// `User/Administrator`): their state is read by themselves at verification instead. Guest
+/// needs no entry: whoami answering Guest is a refusal.
+pub const HIDDEN_FROM_SYNC: &[&str] = &["Administrator"];
+
+/// True for a user sync cannot see (see [`HIDDEN_FROM_SYNC`]).
+pub fn hidden_from_sync(user: &str) -> bool {
+    HIDDEN_FROM_SYNC.contains(&user)
 }
 
 impl Entry {
@@ -52,6 +85,8 @@ enum FlightError {
     Rejected,
     Negative,
     Unavailable(String),
+    /// The verification budget had no room; Frappe was not asked.
+    OverBudget(OverBudget),
 }
 
 enum Judgement {
@@ -99,6 +134,9 @@ pub struct CredentialStore {
     cache_ttl: Duration,
     negative_ttl: Duration,
     stale_if_error: Duration,
+    allow_administrator: bool,
+    /// `None`: unbounded (tests and benches; production always sets one).
+    budget: Option<VerifyBudget>,
     clock: Clock,
 }
 
@@ -142,8 +180,26 @@ impl CredentialStore {
             cache_ttl: cfg.cache_ttl,
             negative_ttl: cfg.negative_ttl,
             stale_if_error: cfg.stale_if_error,
+            allow_administrator: cfg.allow_administrator,
+            budget: None,
             clock: Clock::default(),
         }
+    }
+
+    /// Bounds the calls to Frappe that cache misses may make (see [`VerifyBudget`]).
+    pub fn with_budget(mut self, budget: VerifyBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// `auth.allow_administrator`: whether Administrator's credentials may be used at all.
+    pub fn administrator_allowed(&self) -> bool {
+        self.allow_administrator
+    }
+
+    /// Verifications the budget refused since start (0 without a budget).
+    pub fn budget_refusals(&self) -> u64 {
+        self.budget.as_ref().map_or(0, VerifyBudget::refused)
     }
 
     /// Checks parsed credentials; `authorization` is the raw header, sent to Frappe as is on a
@@ -158,7 +214,7 @@ impl CredentialStore {
         let mut stale = None;
         if let Some(entry) = self.cached(&probe).await {
             match self.judge(&entry, now) {
-                Judgement::Fresh(view) => return Ok(admit(&entry, Outcome::Hit, view)),
+                Judgement::Fresh(view) => return admit(&entry, Outcome::Hit, view),
                 Judgement::Disabled => return Err(Rejection::Disabled),
                 Judgement::Expired(_) => stale = Some(entry),
                 Judgement::Dead => {}
@@ -171,7 +227,10 @@ impl CredentialStore {
             Ok(entry) => self.admit_verified(&entry),
             Err(FlightError::Negative) => Err(Rejection::NegativeHit),
             Err(FlightError::Rejected) => Err(Rejection::WrongCredentials),
-            Err(FlightError::Unavailable(why)) => self.serve_stale(stale, why),
+            Err(FlightError::Unavailable(why)) => self.serve_stale(stale, Rejection::Unavailable(why)),
+            // Over budget is "cannot verify now" too: a credential verified recently keeps
+            // working rather than suffer for someone else's flood of new keys.
+            Err(FlightError::OverBudget(over)) => self.serve_stale(stale, Rejection::OverBudget(over)),
         }
     }
 
@@ -303,8 +362,16 @@ impl CredentialStore {
         if self.refused(&probe.digest, started).await {
             return Err(FlightError::Negative);
         }
+        // Held until Frappe answered; joined requests share it with this flight.
+        let _permit = match &self.budget {
+            Some(budget) => Some(budget.try_start().map_err(FlightError::OverBudget)?),
+            None => None,
+        };
         match self.verifier.verify(authorization).await {
-            Ok(user) if !user.is_empty() && user != "Guest" => Ok(self.remember(probe, user, started).await),
+            Ok(user) if !user.is_empty() && user != "Guest" => {
+                let standing = self.standing(probe, authorization, &user).await?;
+                Ok(self.remember(probe, user, standing, started).await)
+            }
             Ok(_) | Err(VerifyError::Rejected) => {
                 self.refuse(probe).await;
                 Err(FlightError::Rejected)
@@ -313,13 +380,46 @@ impl CredentialStore {
         }
     }
 
-    async fn remember(&self, probe: &Probe<'_>, user: String, started: Instant) -> Arc<Entry> {
+    /// The policy source of a user Frappe just vouched for. A user sync cannot see is barred
+    /// unless `auth.allow_administrator`; then its own record is read with the client's
+    /// credentials (still under the flight's budget permit). A failed read caches nothing.
+    async fn standing(
+        &self,
+        probe: &Probe<'_>,
+        authorization: &HeaderValue,
+        user: &str,
+    ) -> Result<Standing, FlightError> {
+        if !hidden_from_sync(user) {
+            return Ok(Standing::Synced);
+        }
+        if !self.allow_administrator {
+            tracing::warn!(api_key = %probe.key, user, "credential refused: the Administrator account is not usable through the gateway (auth.allow_administrator = false)");
+            return Ok(Standing::Barred);
+        }
+        match self.verifier.read_own_user(authorization, user).await {
+            Ok(record) => Ok(Standing::SelfRead { enabled: record.enabled, restrict_ip: record.restrict_ip }),
+            Err(VerifyError::Rejected) => {
+                self.refuse(probe).await;
+                Err(FlightError::Rejected)
+            }
+            Err(VerifyError::Unavailable(why)) => Err(FlightError::Unavailable(why)),
+        }
+    }
+
+    async fn remember(
+        &self,
+        probe: &Probe<'_>,
+        user: String,
+        standing: Standing,
+        started: Instant,
+    ) -> Arc<Entry> {
         let entry = Arc::new(Entry {
             key: Arc::from(probe.key.as_ref()),
             user: Arc::from(user),
             digest: probe.digest,
             verified_at: started,
             bearer: probe.bearer,
+            standing,
         });
         tracing::debug!(api_key = %entry.key, user = %entry.user, "credential verified by Frappe");
         self.positive.insert(entry.key.clone(), entry.clone()).await;
@@ -342,22 +442,22 @@ impl CredentialStore {
         if view.disabled {
             return Err(Rejection::Disabled);
         }
-        Ok(admit(entry, Outcome::MissVerified, view))
+        admit(entry, Outcome::MissVerified, view)
     }
 
-    /// Frappe is unreachable: an entry verified within `stale_if_error`, never revoked since,
-    /// still admits.
-    fn serve_stale(&self, stale: Option<Arc<Entry>>, why: String) -> Result<Admitted, Rejection> {
+    /// Frappe cannot be asked now (unreachable, or the budget is spent): an entry verified
+    /// within `stale_if_error`, never revoked since, still admits; otherwise `refusal`.
+    fn serve_stale(&self, stale: Option<Arc<Entry>>, refusal: Rejection) -> Result<Admitted, Rejection> {
         let Some(entry) = stale else {
-            return Err(Rejection::Unavailable(why));
+            return Err(refusal);
         };
         match self.judge(&entry, self.clock.now()) {
             Judgement::Fresh(view) | Judgement::Expired(view) => {
-                tracing::debug!(api_key = %entry.key, reason = %why, "Frappe unavailable: admitting a stale credential");
-                Ok(admit(&entry, Outcome::Stale, view))
+                tracing::debug!(api_key = %entry.key, reason = %refusal.reason(), "cannot verify now: admitting a stale credential");
+                admit(&entry, Outcome::Stale, view)
             }
             Judgement::Disabled => Err(Rejection::Disabled),
-            Judgement::Dead => Err(Rejection::Unavailable(why)),
+            Judgement::Dead => Err(refusal),
         }
     }
 
@@ -391,8 +491,18 @@ impl CredentialStore {
     }
 }
 
-fn admit(entry: &Entry, outcome: Outcome, view: View) -> Admitted {
-    Admitted { user: entry.user.clone(), api_key: entry.key.clone(), outcome, restrict_ip: view.restrict_ip }
+/// The verdict on a live entry: admitted with the restrict_ip that applies, or refused for
+/// what it was cached as (barred Administrator, disabled per its own record).
+fn admit(entry: &Entry, outcome: Outcome, view: View) -> Result<Admitted, Rejection> {
+    let restrict_ip = match &entry.standing {
+        Standing::Synced => view.restrict_ip,
+        Standing::Barred => return Err(Rejection::Administrator),
+        Standing::SelfRead { enabled: false, .. } => return Err(Rejection::Disabled),
+        // Sync's record wins if it has one (the sync user is Administrator itself); a change
+        // there bumps `modified`, which kills this entry anyway.
+        Standing::SelfRead { restrict_ip, .. } => view.restrict_ip.or_else(|| restrict_ip.clone()),
+    };
+    Ok(Admitted { user: entry.user.clone(), api_key: entry.key.clone(), outcome, restrict_ip })
 }
 
 #[cfg(test)]

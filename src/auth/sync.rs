@@ -104,6 +104,12 @@ pub fn spawn_sync(
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        // Said once, so nobody mistakes the missing Administrator for a sync problem.
+        tracing::info!(
+            "credential sync: Frappe hides {} from the sync user's User list; {}",
+            super::store::HIDDEN_FROM_SYNC.join(", "),
+            super::webhook::self_read_note(&store)
+        );
         tokio::select! {
             _ = run(&store, source.as_ref(), &sync_token, interval, &status) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
@@ -230,6 +236,7 @@ mod tests {
             cache_ttl: Duration::from_secs(600),
             negative_ttl: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(600),
+            allow_administrator: false,
         };
         Arc::new(CredentialStore::new(&cfg, Arc::new(NoVerify)))
     }

@@ -7,7 +7,7 @@ use http::HeaderValue;
 use sha2::Sha256;
 
 use super::frappe::{SyncError, UserSource};
-use super::store::CredentialStore;
+use super::store::{hidden_from_sync, CredentialStore};
 use crate::config::Secret;
 
 /// The header Frappe signs with when the Webhook has "Enable Security" on.
@@ -55,28 +55,49 @@ fn form_name(body: &[u8]) -> Option<String> {
 
 /// A User was updated or deleted in Frappe: drop its cached credentials at once, then (with a
 /// sync token) read its record again so a disabled user stays refused although Frappe's whoami
-/// would still accept the key. Without a sync token only the first step runs. A failed refresh
-/// is returned (and logged); the revocation stands either way.
+/// would still accept the key. Returns whether the record was re-read: not without a sync
+/// token, and not for a user the sync user cannot see by design (Administrator: Frappe answers
+/// it 403, which is no misconfiguration) — its next request is verified again and reads its own
+/// record. A failed refresh is returned (and logged); the revocation stands either way.
 pub async fn handle_user_event(
     store: &CredentialStore,
     source: &dyn UserSource,
     sync_token: Option<&Secret>,
     name: &str,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     store.revoke_user(name);
     tracing::info!(user = name, "webhook: cached credentials of the user dropped");
     let Some(token) = sync_token else {
-        return Ok(());
+        return Ok(false);
     };
+    if hidden_from_sync(name) {
+        tracing::info!(
+            user = name,
+            self_read = store.administrator_allowed(),
+            "webhook: Frappe hides this user from the sync user, so it is not re-read with the sync token; {}",
+            self_read_note(store)
+        );
+        return Ok(false);
+    }
     match source.get_user(token, name).await {
         Ok(user) => {
             store.apply_user(user, name);
-            Ok(())
+            Ok(true)
         }
         Err(error) => {
             tracing::warn!(user = name, error = %error, "webhook: cannot refresh the user from Frappe");
             Err(error)
         }
+    }
+}
+
+/// What happens to the credentials of users sync cannot see, for logs.
+pub(crate) fn self_read_note(store: &CredentialStore) -> &'static str {
+    if store.administrator_allowed() {
+        "its credentials are verified by self-read: its own User record (enabled, restrict_ip), read \
+         with its own credentials at each verification"
+    } else {
+        "its credentials are refused at the gateway (auth.allow_administrator = false)"
     }
 }
 
@@ -167,13 +188,49 @@ mod tests {
             cache_ttl: Duration::from_secs(600),
             negative_ttl: Duration::from_secs(30),
             stale_if_error: Duration::from_secs(600),
+            allow_administrator: false,
         };
         let store = CredentialStore::new(&cfg, Arc::new(Frappe));
         let value = HeaderValue::from_static("token key:secret");
         let credential = parse(Some(&value)).unwrap();
         assert!(store.authenticate(&credential, &value).await.is_ok());
         let token = Secret::new("sync:token".into());
-        handle_user_event(&store, &Frappe, Some(&token), "api.user@example.com").await.unwrap();
+        assert!(handle_user_event(&store, &Frappe, Some(&token), "api.user@example.com").await.unwrap());
         assert_eq!(store.authenticate(&credential, &value).await.unwrap_err(), Rejection::Disabled);
+    }
+
+    /// Sync cannot read Administrator (Frappe answers a System Manager 403): a refresh with the
+    /// sync token is never tried, so no misleading "give it the System Manager role" appears.
+    struct NoReads;
+
+    impl UserSource for NoReads {
+        fn list_users<'a>(&'a self, _: &'a Secret) -> BoxFuture<'a, Result<Vec<SyncedUser>, SyncError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+
+        fn get_user<'a>(
+            &'a self,
+            _: &'a Secret,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<Option<SyncedUser>, SyncError>> {
+            panic!("{name} must not be read with the sync token")
+        }
+    }
+
+    #[tokio::test]
+    async fn administrator_events_revoke_without_a_sync_read() {
+        let cfg = AuthConfig {
+            user_header: HeaderName::from_static("x-frappe-user"),
+            forward_authorization: true,
+            cache_capacity: 100,
+            cache_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(30),
+            stale_if_error: Duration::from_secs(600),
+            allow_administrator: true,
+        };
+        let store = CredentialStore::new(&cfg, Arc::new(Frappe));
+        let token = Secret::new("sync:token".into());
+        assert!(!handle_user_event(&store, &NoReads, Some(&token), "Administrator").await.unwrap());
+        assert!(self_read_note(&store).contains("self-read"));
     }
 }

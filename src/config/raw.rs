@@ -72,6 +72,8 @@ pub struct RawFrappe {
     pub sync_token_env: S<String>,
     pub webhook_secret_env: S<String>,
     pub verify_timeout: S<String>,
+    pub max_verify_concurrency: S<u64>,
+    pub max_verify_rate: S<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -83,6 +85,7 @@ pub struct RawAuth {
     pub cache_ttl: S<String>,
     pub negative_ttl: S<String>,
     pub stale_if_error: S<String>,
+    pub allow_administrator: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -81,6 +81,10 @@ pub struct FrappeConfig {
     pub webhook_secret: Option<Secret>,
     /// Time allowed for one call to Frappe (whoami, sync page).
     pub verify_timeout: Duration,
+    /// Verifications of unknown credentials in flight at once (default 16); beyond, 503.
+    pub max_verify_concurrency: usize,
+    /// Verifications of unknown credentials started, process-wide (default `50/sec`).
+    pub max_verify_rate: Rate,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +95,9 @@ pub struct AuthConfig {
     pub cache_ttl: Duration,
     pub negative_ttl: Duration,
     pub stale_if_error: Duration,
+    /// Accept Administrator's credentials (default false). When true, its `enabled` and
+    /// `restrict_ip` are read with its own credentials at each verification (sync cannot).
+    pub allow_administrator: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -71,6 +71,9 @@ pub fn parse(src: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
     }
 }
 
+/// More whoami calls in flight than this would not protect Frappe from anything.
+const MAX_VERIFY_CONCURRENCY: u64 = 10_000;
+
 struct Validator<'a> {
     src: &'a str,
     env: &'a dyn Fn(&str) -> Option<String>,
@@ -141,6 +144,16 @@ impl Validator<'_> {
 
     fn url(&mut self, key: &str, raw: &S<String>) -> Option<Uri> {
         self.value(key, raw, |s| parse_http_url(s))
+    }
+
+    /// Like [`Self::positive`], also at most `max`.
+    fn bounded(&mut self, key: &str, raw: &S<u64>, default: u64, max: u64) -> u64 {
+        self.value(key, raw, |&n| match n {
+            0 => Err("must be greater than 0".into()),
+            n if n > max => Err(format!("must be at most {max}")),
+            n => Ok(n),
+        })
+        .unwrap_or(default)
     }
 
     fn positive(&mut self, key: &str, raw: &S<u64>, default: u64) -> u64 {
@@ -274,6 +287,15 @@ impl Validator<'_> {
                 false,
             ),
             verify_timeout: self.duration("frappe.verify_timeout", &f.verify_timeout, "5s"),
+            max_verify_concurrency: self.bounded(
+                "frappe.max_verify_concurrency",
+                &f.max_verify_concurrency,
+                16,
+                MAX_VERIFY_CONCURRENCY,
+            ) as usize,
+            max_verify_rate: self
+                .rate("frappe.max_verify_rate", &f.max_verify_rate)
+                .unwrap_or_else(|| parse_rate("50/sec").expect("valid default rate")),
         }
     }
 
@@ -301,6 +323,7 @@ impl Validator<'_> {
             cache_ttl: self.duration("auth.cache_ttl", &a.cache_ttl, "10m"),
             negative_ttl: self.duration("auth.negative_ttl", &a.negative_ttl, "30s"),
             stale_if_error: self.duration("auth.stale_if_error", &a.stale_if_error, "1h"),
+            allow_administrator: a.allow_administrator.unwrap_or(false),
         }
     }
 
@@ -475,6 +498,10 @@ mod tests {
         assert_eq!(c.auth.user_header.as_str(), "x-frappe-user");
         assert_eq!(c.frappe.url, c.upstream.url);
         assert!(c.frappe.sync_token.is_none());
+        assert!(!c.auth.allow_administrator, "Administrator is refused unless allowed");
+        assert!(
+            check(&format!("{MIN}[auth]\nallow_administrator = true\n")).unwrap().auth.allow_administrator
+        );
     }
 
     #[test]
@@ -510,6 +537,23 @@ mod tests {
         assert_eq!(e.issues[0].key, "rate_limit.redis_url_env");
         assert_eq!(e.issues[0].line, 5);
         assert!(e.issues[0].message.contains("FGW_NOPE is not set"));
+    }
+
+    #[test]
+    fn verify_budget_defaults_and_errors() {
+        let c = check(MIN).unwrap();
+        assert_eq!(c.frappe.max_verify_concurrency, 16);
+        assert_eq!(c.frappe.max_verify_rate, parse_rate("50/sec").unwrap());
+        let c = check(&format!("{MIN}[frappe]\nmax_verify_concurrency = 4\nmax_verify_rate = \"20/sec\"\n"))
+            .unwrap();
+        assert_eq!((c.frappe.max_verify_concurrency, c.frappe.max_verify_rate.count), (4, 20));
+        let src = format!("{MIN}[frappe]\nmax_verify_concurrency = 0\nmax_verify_rate = \"0/sec\"\n");
+        let e = check(&src).unwrap_err();
+        let keys: Vec<_> = e.issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert_eq!(keys, [("frappe.max_verify_concurrency", 4), ("frappe.max_verify_rate", 5)]);
+        assert!(e.issues[0].message.contains("greater than 0"), "{:?}", e.issues[0]);
+        let e = check(&format!("{MIN}[frappe]\nmax_verify_concurrency = 1000000\n")).unwrap_err();
+        assert!(e.issues[0].message.contains("at most 10000"), "{:?}", e.issues[0]);
     }
 
     #[test]

@@ -95,6 +95,9 @@ impl RecordedRequest {
 #[derive(Default)]
 struct Counters {
     whoami: AtomicUsize,
+    /// whoami requests being answered right now, and the most there ever were at once.
+    whoami_in_flight: AtomicUsize,
+    whoami_max_in_flight: AtomicUsize,
     user_list: AtomicUsize,
     user_get: AtomicUsize,
     connections: AtomicUsize,
@@ -314,6 +317,12 @@ impl FakeFrappe {
         self.shared.counters.whoami.load(Ordering::SeqCst)
     }
 
+    /// The most whoami requests the fake was answering at the same time (from the moment a
+    /// request was read to its answer, the configured delay included).
+    pub fn whoami_max_in_flight(&self) -> usize {
+        self.shared.counters.whoami_max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// User list requests (`/api/resource/User`, `/api/v2/document/User`,
     /// `frappe.client.get_list` with doctype User).
     pub fn user_list_calls(&self) -> usize {
@@ -332,7 +341,7 @@ impl FakeFrappe {
 
     pub fn reset_counters(&self) {
         let c = &self.shared.counters;
-        for counter in [&c.whoami, &c.user_list, &c.user_get, &c.connections] {
+        for counter in [&c.whoami, &c.whoami_max_in_flight, &c.user_list, &c.user_get, &c.connections] {
             counter.store(0, Ordering::SeqCst);
         }
     }

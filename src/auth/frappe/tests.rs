@@ -230,3 +230,47 @@ fn base_url_drops_userinfo_and_trailing_slash() {
     let uri: Uri = "http://u:p@127.0.0.1:8000".parse().unwrap();
     assert_eq!(base_url(&uri).unwrap(), "http://127.0.0.1:8000");
 }
+
+const ADMIN_HEADER: &str = "token 1a1a1a1a1a1a1a1:2b2b2b2b2b2b2b2";
+
+#[tokio::test]
+async fn read_own_user_uses_the_client_header_and_maps_statuses() {
+    let doc = r#"{"data":{"name":"Administrator","enabled":1,"modified":"2024-10-15 10:00:00.000000","restrict_ip":"10.1.2.3","doctype":"User"}}"#;
+    let ok = server(move |_| (200, doc.into())).await;
+    let user = client(&ok, None)
+        .read_own_user(&HeaderValue::from_static(ADMIN_HEADER), "Administrator")
+        .await
+        .unwrap();
+    assert_eq!(
+        (&*user.name, user.enabled, user.restrict_ip.as_deref()),
+        ("Administrator", true, Some("10.1.2.3"))
+    );
+    {
+        let seen = ok.seen.lock().unwrap();
+        assert_eq!(seen[0].0, "/api/resource/User/Administrator");
+        assert_eq!(seen[0].1[AUTHORIZATION], ADMIN_HEADER, "its own credentials, not the sync token");
+    }
+    for (status, body, rejected) in [
+        (401, r#"{"exc_type":"AuthenticationError"}"#, true),
+        (403, r#"{"exc_type":"PermissionError"}"#, false),
+        (500, "", false),
+        (200, "not json", false),
+        (200, r#"{"data":{"name":"someone.else","enabled":1,"modified":"m"}}"#, false),
+    ] {
+        let answering = server(move |_| (status, body.into())).await;
+        let result = client(&answering, None)
+            .read_own_user(&HeaderValue::from_static(ADMIN_HEADER), "Administrator")
+            .await;
+        match result {
+            Err(VerifyError::Rejected) => assert!(rejected, "{status} {body}"),
+            Err(VerifyError::Unavailable(why)) => {
+                assert!(!rejected, "{status} {body}: {why}");
+                assert!(
+                    why.contains("reading User Administrator as itself") && !why.contains("2b2b2b"),
+                    "{why}"
+                );
+            }
+            Ok(user) => panic!("{status} {body}: {user:?}"),
+        }
+    }
+}

@@ -9,6 +9,7 @@ use http::header::HeaderName;
 use tokio::sync::Semaphore;
 
 use super::*;
+use crate::auth::budget::{OverBudget, VerifyBudget};
 use crate::auth::header::parse;
 use crate::error::ErrorKind;
 
@@ -23,6 +24,9 @@ struct FakeFrappe {
     bearers: Mutex<HashMap<String, String>>,
     down: AtomicBool,
     gate: Semaphore,
+    /// User records a user may read about itself (Administrator), and how often they were.
+    own: Mutex<HashMap<String, SyncedUser>>,
+    own_reads: AtomicUsize,
 }
 
 impl FakeFrappe {
@@ -38,6 +42,8 @@ impl FakeFrappe {
             bearers: Mutex::default(),
             down: AtomicBool::new(false),
             gate: Semaphore::new(permits),
+            own: Mutex::default(),
+            own_reads: AtomicUsize::new(0),
         };
         fake.set_key(KEY, SECRET, USER);
         Arc::new(fake)
@@ -79,6 +85,21 @@ impl Verify for FakeFrappe {
             self.answer(authorization)
         })
     }
+
+    fn read_own_user<'a>(
+        &'a self,
+        _: &'a HeaderValue,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<SyncedUser, VerifyError>> {
+        Box::pin(async move {
+            self.own_reads.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(VerifyError::Unavailable("connection refused".into()));
+            }
+            let record = self.own.lock().unwrap().get(name).cloned();
+            record.ok_or_else(|| VerifyError::Unavailable("Frappe answered HTTP 403".into()))
+        })
+    }
 }
 
 fn config(ttl: u64, negative: u64, stale: u64) -> AuthConfig {
@@ -89,6 +110,7 @@ fn config(ttl: u64, negative: u64, stale: u64) -> AuthConfig {
         cache_ttl: Duration::from_secs(ttl),
         negative_ttl: Duration::from_secs(negative),
         stale_if_error: Duration::from_secs(stale),
+        allow_administrator: false,
     }
 }
 
@@ -449,4 +471,207 @@ async fn len_counts_cached_credentials() {
     store.revoke_user(USER);
     store.positive.run_pending_tasks().await;
     assert_eq!(store.len(), 0);
+}
+
+// ----- the verification budget -------------------------------------------------------------
+
+const OTHER_KEY: &str = "1b2c3d4e5f60718";
+const THIRD_KEY: &str = "2c3d4e5f6071829";
+
+fn budgeted(fake: &Arc<FakeFrappe>, cfg: AuthConfig, concurrency: usize, rate: &str) -> Arc<CredentialStore> {
+    let rate = crate::config::parse_rate(rate).unwrap();
+    let budget = VerifyBudget::with_clock(concurrency, rate, Arc::new(crate::policy::ManualClock::new()));
+    Arc::new(CredentialStore::new(&cfg, fake.clone()).with_budget(budget))
+}
+
+/// Waits (bounded) until the fake has seen `n` whoami calls.
+async fn until_calls(fake: &FakeFrappe, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if fake.calls() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the fake saw {} calls, not {n}", fake.calls());
+}
+
+/// Takes the fake's only gate permit away: every later whoami call hangs until permits are added.
+async fn close_gate(fake: &FakeFrappe) {
+    fake.gate.acquire().await.unwrap().forget();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_refuses_unknown_keys_only_and_caches_nothing() {
+    let fake = FakeFrappe::gated(1);
+    fake.set_key(OTHER_KEY, SECRET, "other@example.com");
+    let store = budgeted(&fake, config(600, 30, 600), 1, "1000/sec");
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    close_gate(&fake).await;
+    let holder = {
+        let store = store.clone();
+        tokio::spawn(async move { auth(&store, &header(OTHER_KEY, SECRET)).await })
+    };
+    until_calls(&fake, 2).await;
+    let refused = auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap_err();
+    assert_eq!(refused, Rejection::OverBudget(OverBudget::Concurrency { limit: 1 }));
+    assert_eq!((refused.error_kind(), refused.as_str()), (ErrorKind::Unavailable, "over-budget"));
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
+    assert!(!refused.counts_as_failure(), "never a failed authentication");
+    assert!(refused.reason().contains("frappe.max_verify_concurrency"), "{}", refused.reason());
+    assert_eq!(fake.calls(), 2, "Frappe was not asked");
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Hit, "hits pass");
+    fake.gate.add_permits(1);
+    assert_eq!(holder.await.unwrap().unwrap().outcome, Outcome::MissVerified);
+    // Not cached as a refusal: the same credential is verified once there is room.
+    assert_eq!(auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+    assert_eq!(fake.calls(), 3);
+    assert_eq!(store.budget_refusals(), 1);
+}
+
+#[tokio::test]
+async fn the_rate_counts_calls_to_frappe_not_requests() {
+    let fake = FakeFrappe::new();
+    let store = budgeted(&fake, config(600, 30, 600), 16, "2/sec");
+    assert_eq!(auth(&store, &header(OTHER_KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    // Negative and positive hits cost no token.
+    for _ in 0..10 {
+        assert_eq!(auth(&store, &header(OTHER_KEY, SECRET)).await.unwrap_err(), Rejection::NegativeHit);
+        assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Hit);
+    }
+    let refused = auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap_err();
+    assert!(matches!(refused, Rejection::OverBudget(OverBudget::Rate { .. })), "{refused:?}");
+    assert!(refused.reason().contains("frappe.max_verify_rate"), "{}", refused.reason());
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_joining_a_verification_need_no_permit() {
+    let fake = FakeFrappe::gated(0);
+    let store = budgeted(&fake, config(600, 30, 600), 1, "1/sec");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { auth(&store, &header(KEY, SECRET)).await })
+        })
+        .collect();
+    until_calls(&fake, 1).await;
+    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    for task in tasks {
+        assert_eq!(&*task.await.unwrap().unwrap().user, USER);
+    }
+    assert_eq!((fake.calls(), store.budget_refusals()), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_budget_serves_a_recently_verified_credential_stale() {
+    let fake = FakeFrappe::gated(1);
+    let store = budgeted(&fake, config(60, 30, 600), 1, "1000/sec");
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    store.clock.advance(Duration::from_secs(120));
+    close_gate(&fake).await;
+    let holder = {
+        let store = store.clone();
+        tokio::spawn(async move { auth(&store, &header(OTHER_KEY, SECRET)).await })
+    };
+    until_calls(&fake, 2).await;
+    assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap().outcome, Outcome::Stale);
+    fake.gate.add_permits(1);
+    holder.await.unwrap().unwrap_err();
+}
+
+// ----- Administrator: the user sync cannot see ------------------------------------------------
+
+const ADMIN_KEY: &str = "adadadadadadada";
+const ADMIN: &str = "Administrator";
+
+fn with_admin(fake: &FakeFrappe, enabled: bool, restrict_ip: Option<&str>) {
+    fake.set_key(ADMIN_KEY, SECRET, ADMIN);
+    let record = SyncedUser {
+        name: ADMIN.into(),
+        enabled,
+        api_key: Some(ADMIN_KEY.into()),
+        modified: "m1".into(),
+        restrict_ip: restrict_ip.map(Into::into),
+    };
+    fake.own.lock().unwrap().insert(ADMIN.into(), record);
+}
+
+fn allowing_administrator() -> AuthConfig {
+    AuthConfig { allow_administrator: true, ..config(600, 30, 600) }
+}
+
+#[tokio::test]
+async fn administrator_is_refused_by_default_and_cached_as_refused() {
+    let fake = FakeFrappe::new();
+    with_admin(&fake, true, None);
+    let store = store_with(&fake, config(60, 30, 600));
+    for _ in 0..5 {
+        let refused = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err();
+        assert_eq!(refused, Rejection::Administrator);
+        assert_eq!((refused.error_kind(), refused.as_str()), (ErrorKind::Forbidden, "administrator"));
+        assert!(!refused.counts_as_failure(), "valid credentials barred by policy are no failed login");
+        assert!(refused.reason().contains("auth.allow_administrator"), "{}", refused.reason());
+    }
+    assert_eq!(fake.calls(), 1, "one whoami, then refused from the cache");
+    assert_eq!(fake.own_reads.load(Ordering::SeqCst), 0, "its record is never read when barred");
+    // A wrong secret for Administrator's key is an ordinary wrong secret.
+    assert_eq!(
+        auth(&store, &header(ADMIN_KEY, "wrongsecret1234")).await.unwrap_err(),
+        Rejection::WrongCredentials
+    );
+    // Frappe down and the entry expired: still refused, never admitted stale.
+    store.clock.advance(Duration::from_secs(120));
+    fake.down.store(true, Ordering::SeqCst);
+    assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err(), Rejection::Administrator);
+}
+
+#[tokio::test]
+async fn an_allowed_administrator_carries_its_own_restrict_ip() {
+    let fake = FakeFrappe::new();
+    with_admin(&fake, true, Some("10.1.2.3"));
+    let store = store_with(&fake, allowing_administrator());
+    let first = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap();
+    assert_eq!(
+        (first.outcome, &*first.user, first.restrict_ip.as_deref()),
+        (Outcome::MissVerified, ADMIN, Some("10.1.2.3"))
+    );
+    let hit = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap();
+    assert_eq!((hit.outcome, hit.restrict_ip.as_deref()), (Outcome::Hit, Some("10.1.2.3")));
+    assert_eq!((fake.calls(), fake.own_reads.load(Ordering::SeqCst)), (1, 1));
+    // Sync never lists Administrator: a sync without it changes nothing.
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap().outcome, Outcome::Hit);
+    // A webhook for Administrator drops it; the next request reads the record again.
+    with_admin(&fake, true, Some("10.9.9.9"));
+    store.revoke_user(ADMIN);
+    store.clock.advance(Duration::from_millis(1));
+    let again = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap();
+    assert_eq!((again.outcome, again.restrict_ip.as_deref()), (Outcome::MissVerified, Some("10.9.9.9")));
+    assert_eq!(fake.own_reads.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_disabled_administrator_is_refused_from_the_cache() {
+    let fake = FakeFrappe::new();
+    with_admin(&fake, false, None);
+    let store = store_with(&fake, allowing_administrator());
+    for _ in 0..3 {
+        assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err(), Rejection::Disabled);
+    }
+    assert_eq!((fake.calls(), fake.own_reads.load(Ordering::SeqCst)), (1, 1));
+}
+
+#[tokio::test]
+async fn a_failed_self_read_fails_closed_and_caches_nothing() {
+    let fake = FakeFrappe::new();
+    fake.set_key(ADMIN_KEY, SECRET, ADMIN);
+    let store = store_with(&fake, allowing_administrator());
+    let refused = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err();
+    assert_eq!(refused, Rejection::Unavailable("Frappe answered HTTP 403".into()));
+    assert_eq!(refused.error_kind(), ErrorKind::Unavailable);
+    with_admin(&fake, true, None);
+    assert_eq!(auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap().outcome, Outcome::MissVerified);
+    assert_eq!(fake.calls(), 2, "the failure was not cached");
 }

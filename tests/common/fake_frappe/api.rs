@@ -14,7 +14,7 @@ use super::reply::{
     FrappeError, Outcome,
 };
 use super::state::State;
-use super::{Shared, UsersMode, WhoamiMode};
+use super::{Counters, Shared, UsersMode, WhoamiMode};
 
 const WHOAMI: &str = "frappe.auth.get_logged_user";
 
@@ -100,6 +100,7 @@ impl Route {
 pub(super) async fn respond(shared: &Shared, req: ApiRequest) -> Response<Body> {
     let route = Route::parse(&req.path);
     count(shared, &route, &req.params);
+    let _in_flight = route.is_whoami().then(|| InFlight::enter(&shared.counters));
     let injected = inject_faults(shared, &route, &req.params).await;
     let mut state = shared.state();
     if let Some(page) = wrong_site(&state, &req.headers) {
@@ -123,6 +124,24 @@ fn count(shared: &Shared, route: &Route, params: &Params) {
     }
     if route.is_user_get() {
         counters.user_get.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A whoami request being answered; leaving (answered, or dropped with its connection)
+/// decrements the gauge.
+struct InFlight<'a>(&'a Counters);
+
+impl<'a> InFlight<'a> {
+    fn enter(counters: &'a Counters) -> InFlight<'a> {
+        let now = counters.whoami_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.whoami_max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(counters)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.whoami_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -193,8 +193,14 @@ pub(super) fn single(
     }
 }
 
-/// A user may read their own User doc; System Managers read anyone's.
+/// A user may read their own User doc; System Managers read anyone's except Administrator's and
+/// Guest's, which only Administrator may read (FRAPPE.md §12: a System Manager gets 403 on
+/// `User/Administrator`; User's permission hook refuses the standard users to everyone else).
 fn read_user(state: &State, name: &str, identity: &Identity) -> Result<Outcome, FrappeError> {
+    if matches!(name, "Administrator" | "Guest") && identity.user != "Administrator" {
+        let why = "Insufficient Permission for User (<strong>read</strong>)";
+        return Err(FrappeError::permission(None, Some(why.into())));
+    }
     let sm = is_system_manager(state, identity);
     if !sm && identity.user != name {
         return Err(FrappeError::permission(None, None));
