@@ -22,8 +22,10 @@ const SYNC_SECRET: &str = "5ec2e75ec2e75ec";
 const WEBHOOK_SECRET: &str = "whsec-never-logged-91c4";
 const BEARER: &str = "bearer-never-logged-77d2";
 
-/// Secrets used by the suite's test files (auth_e2e, policy_e2e, redis_e2e, this file).
-const SUITE_SECRETS: [&str; 11] = [
+/// Secrets used by the suite's test files (auth_e2e, policy_e2e, redis_e2e, request_model,
+/// this file).
+const SUITE_SECRETS: [&str; 12] = [
+    "8e7d6c5b4a39281",
     SECRET,
     SYNC_SECRET,
     WEBHOOK_SECRET,
