@@ -23,8 +23,9 @@ const WEBHOOK_SECRET: &str = "whsec-never-logged-91c4";
 const BEARER: &str = "bearer-never-logged-77d2";
 
 /// Secrets used by the suite's test files (auth_e2e, policy_e2e, redis_e2e, administrator,
-/// this file; verify_budget's random pairs are caught by the key:secret detector).
-const SUITE_SECRETS: [&str; 13] = [
+/// request_model, this file; verify_budget's random pairs are caught by the key:secret detector).
+const SUITE_SECRETS: [&str; 14] = [
+    "8e7d6c5b4a39281",
     SECRET,
     SYNC_SECRET,
     WEBHOOK_SECRET,

@@ -7,6 +7,7 @@
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod differential;
 pub mod fake_frappe;
 pub mod gateway;
 pub mod process;
@@ -21,6 +22,8 @@ pub use client::{
 };
 #[allow(unused_imports)]
 pub use config::{config_for, toml_str, ConfigBuilder};
+#[allow(unused_imports)]
+pub use differential::{read_diff_log, DifferentialUpstream};
 #[allow(unused_imports)]
 pub use fake_frappe::{
     download_bytes, expected_download_sha256, FakeFrappe, RecordedRequest, UsersMode, WhoamiMode,
