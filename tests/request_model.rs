@@ -763,7 +763,9 @@ async fn v2_doctype_methods_follow_user_doctype_and_rpc_rules() {
             runs: json!({"kind": "doctype_method", "doctype": "User", "method": "generate_keys", "resolved": GENERATE_KEYS}),
             acts_as: USER,
             doctype: json!("User"),
-            rpc: json!(GENERATE_KEYS),
+            // The log names a DocType controller function as `<DocType>.<method>`; the rule
+            // that admitted it names the same function by its dotted controller path.
+            rpc: json!("User.generate_keys"),
         };
         expect_ran(&mut f, &env, &req.describe(proto), &seen, want).await;
 
