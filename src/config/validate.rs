@@ -223,7 +223,10 @@ impl Validator<'_> {
             }
         };
         let max_body_bytes = self.positive("server.max_body_bytes", &s.max_body_bytes, 26_214_400);
-        let inspect_body_bytes = self.positive("server.inspect_body_bytes", &s.inspect_body_bytes, 1_048_576);
+        // Unset, it follows a smaller max_body_bytes down; set, it must fit under it.
+        let inspect_default = max_body_bytes.min(1_048_576);
+        let inspect_body_bytes =
+            self.positive("server.inspect_body_bytes", &s.inspect_body_bytes, inspect_default);
         if inspect_body_bytes > max_body_bytes {
             let span = s.inspect_body_bytes.as_ref().map(|v| v.span());
             self.issue(

@@ -246,3 +246,68 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Path-ish strings: segments of letters, dots, escapes and slashes, the alphabet attacks use.
+    fn path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("/".to_string()),
+                Just("//".to_string()),
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just("%2e".to_string()),
+                Just("%2F".to_string()),
+                Just("%5c".to_string()),
+                Just("%00".to_string()),
+                Just("%FF".to_string()),
+                Just("%20".to_string()),
+                Just("api".to_string()),
+                Just("v2".to_string()),
+                Just("method".to_string()),
+                Just("resource".to_string()),
+                "[a-zA-Z_.]{1,8}",
+            ],
+            0..12,
+        )
+        .prop_map(|parts| format!("/{}", parts.concat()))
+    }
+
+    proptest! {
+        /// Never panics; whatever is accepted is accepted again unchanged once forwarded, so
+        /// the path Frappe gets is the path the gateway judged.
+        #[test]
+        fn normalisation_is_idempotent(raw in path(), query in "[a-z%=&+0-9]{0,16}") {
+            let Ok(uri) = format!("{raw}?{query}").parse::<Uri>() else { return Ok(()) };
+            let Ok(first) = FrappeRequest::from_head(&Method::GET, &uri) else { return Ok(()) };
+            let forwarded: Uri = first.forward.clone().unwrap_or_else(|| uri.to_string()).parse().unwrap();
+            let second = FrappeRequest::from_head(&Method::GET, &forwarded).unwrap();
+            prop_assert_eq!(second.forward, None);
+            prop_assert_eq!(&second.path, &first.path);
+            prop_assert_eq!(second.call, first.call);
+            prop_assert!(!first.path.split('/').any(|s| s == "." || s == ".."));
+        }
+
+        /// Any body under any content type is judged or refused, never a panic.
+        #[test]
+        fn bodies_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            ct in prop_oneof![
+                Just("application/json"),
+                Just("application/x-www-form-urlencoded"),
+                Just("multipart/form-data; boundary=B"),
+                Just("text/plain"),
+            ],
+        ) {
+            let uri: Uri = "/api/resource/ToDo?cmd=x.y".parse().unwrap();
+            let mut request = FrappeRequest::from_head(&Method::POST, &uri).unwrap();
+            let kind = body_kind(Some(ct)).unwrap();
+            let _ = request.judge_body(&Method::POST, &uri, &kind, &body);
+        }
+    }
+}
