@@ -136,4 +136,5 @@ pub struct RawUser {
 pub struct RawLog {
     pub access: S<String>,
     pub level: S<String>,
+    pub full_api_key: Option<bool>,
 }

@@ -205,6 +205,8 @@ pub enum AccessLogTarget {
 pub struct LogConfig {
     pub access: AccessLogTarget,
     pub level: String,
+    /// Log whole api_keys; by default a shortened key with a fingerprint.
+    pub full_api_key: bool,
 }
 
 /// A secret read from the environment. Debug and Display never show it.

@@ -444,7 +444,7 @@ impl Validator<'_> {
                 other => Err(format!("unknown level {other:?}; expected error, warn, info, debug or trace")),
             })
             .unwrap_or_else(|| "info".to_string());
-        LogConfig { access, level }
+        LogConfig { access, level, full_api_key: l.full_api_key.unwrap_or(false) }
     }
 }
 
