@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1071,32 +1070,6 @@ async fn a_non_frappe_upstream_gets_the_user_header_but_never_the_credentials() 
 const MIB: usize = 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 
-/// Samples a process's RSS every 20 ms until dropped.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(rss_kib(pid).unwrap_or(0)));
-        let seen = peak.clone();
-        let task = tokio::spawn(async move {
-            while let Some(kib) = rss_kib(pid) {
-                seen.fetch_max(kib, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        RssSampler { peak, task }
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A multipart body streamed in 64 KiB chunks: one file part of `file_len` bytes, then `after`
 /// fields. Returns (content type, exact length, body).
 fn streamed_multipart(file_len: usize, after: &[(&str, &str)]) -> (String, u64, reqwest::Body) {
@@ -1157,7 +1130,7 @@ async fn a_large_multipart_upload_streams_through() {
             .body(body)
             .send()
             .await;
-        let peak = sampler.peak.load(Ordering::Relaxed);
+        let peak = sampler.peak();
         drop(sampler);
         let seen = match response {
             Ok(r) => {

@@ -5,16 +5,14 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use common::{https_client, rss_kib, Certs, ConfigBuilder, FakeFrappe, Gateway, HttpVersion};
+use common::{https_client, rss_kib, Certs, ConfigBuilder, FakeFrappe, Gateway, HttpVersion, RssSampler};
 
 const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 const MIB: u64 = 1024 * 1024;
@@ -46,36 +44,6 @@ fn random_block() -> Vec<u8> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Samples a process's RSS every 20 ms until dropped; `peak()` is the highest seen.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(rss_kib(pid).unwrap_or(0)));
-        let seen = peak.clone();
-        let task = tokio::spawn(async move {
-            while let Some(kib) = rss_kib(pid) {
-                seen.fetch_max(kib, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        RssSampler { peak, task }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 async fn upload(client: &reqwest::Client, base: &str, expected_version: reqwest::Version, len: u64) {

@@ -34,7 +34,7 @@ pub use gateway::{
     StartFailure,
 };
 #[allow(unused_imports)]
-pub use process::rss_kib;
+pub use process::{rss_kib, RssSampler};
 
 use base64::Engine as _;
 
