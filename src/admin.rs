@@ -28,7 +28,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut shutdown: ShutdownSignal) {
     while let Some((stream, _)) = server::accept(&listener, &mut shutdown).await {
         let state = state.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let service = service_fn(move |req| route(state.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -32,9 +32,7 @@ impl From<anyhow::Error> for StartError {
 /// `log.level`. Keep the returned guard alive: dropping it flushes the last lines.
 pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| log_filter(level));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -68,13 +66,22 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests finish (at most `server.shutdown_grace`),
     /// then flushes the access log.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let workers = self.workers;
+        let workers = std::mem::take(&mut self.workers);
         let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
         self.admin.abort();
         self.shared.obs.access_log.close(Duration::from_secs(5));
         tracing::info!("stopped");
+    }
+}
+
+/// A gateway dropped without [`Running::shutdown`] still stops: its listeners close and its
+/// workers end once their connections have drained.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.admin.abort();
     }
 }
 
@@ -98,7 +105,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let (stop, stop_rx) = watch::channel(false);
     start_background_tasks(&shared, &stop_rx);
-    let admin = tokio::spawn(admin::serve_admin(admin_listener, shared.clone(), stop_rx.clone()));
+    let admin = crate::spawn(admin::serve_admin(admin_listener, shared.clone(), stop_rx.clone()));
     let workers = spawn_workers(proxy_listeners, &shared, acceptor, max_connections, &stop_rx)?;
     tracing::info!(
         %proxy_addr,
@@ -109,6 +116,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         "listening"
     );
     Ok(Running { proxy_addr, admin_addr, shared, stop, workers, admin })
+}
+
+/// `log.level` for the gateway, with its libraries' chatter kept at warnings.
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn"))
 }
 
 /// Runs until SIGTERM / SIGINT, then drains in-flight requests and returns.
@@ -139,7 +151,10 @@ fn spawn_workers(
             let (state, acceptor, stop, slots) =
                 (state.clone(), acceptor.clone(), stop.clone(), slots.clone());
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // The worker logs where the gateway was started from (its own subscriber in tests).
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             let thread = std::thread::Builder::new().name(format!("proxy-{worker}")).spawn(move || {
+                let _logging = tracing::dispatcher::set_default(&dispatch);
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
@@ -188,7 +203,7 @@ fn start_background_tasks(state: &Arc<Shared>, stop: &watch::Receiver<bool>) {
                 // still accepts a disabled user's key, so a plain cache drop is not enough.
                 state.auth.store.revoke_user(user);
                 let (state, user) = (state.clone(), user.to_string());
-                tokio::spawn(async move {
+                crate::spawn(async move {
                     let runtime = state.runtime();
                     let token = runtime.config.frappe.sync_token.as_ref();
                     let _ = auth::webhook::handle_user_event(

@@ -26,3 +26,14 @@ mod runtime;
 mod server;
 mod state;
 pub mod tls;
+
+/// `tokio::spawn` that keeps the spawning task's tracing subscriber, so a gateway started
+/// under its own subscriber (as the in-process tests do) logs to it from every task.
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::instrument::WithSubscriber;
+    tokio::spawn(future.with_current_subscriber())
+}
