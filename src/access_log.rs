@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -69,6 +70,8 @@ pub struct AccessLog {
 struct Writer {
     thread: thread::Thread,
     closing: AtomicBool,
+    /// Set by SIGUSR1: reopen the file by its path before the next write.
+    reopen: AtomicBool,
     drained: (Mutex<bool>, Condvar),
 }
 
@@ -76,10 +79,10 @@ impl AccessLog {
     /// Starts the writer thread. Fails only when a log file cannot be opened.
     pub fn start(target: &AccessLogTarget) -> io::Result<Self> {
         let dropped = Arc::new(AtomicU64::new(0));
-        let out: Box<dyn Write + Send> = match target {
+        let (out, path): (Box<dyn Write + Send>, _) = match target {
             AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped, writer: None }),
-            AccessLogTarget::Stdout => Box::new(io::stdout()),
-            AccessLogTarget::File(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+            AccessLogTarget::Stdout => (Box::new(io::stdout()), None),
+            AccessLogTarget::File(path) => (Box::new(open_append(path)?), Some(path.clone())),
         };
         let (tx, rx) = sync_channel(QUEUE_LINES);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -87,10 +90,11 @@ impl AccessLog {
             let writer = Arc::new(Writer {
                 thread: thread::current(),
                 closing: AtomicBool::new(false),
+                reopen: AtomicBool::new(false),
                 drained: (Mutex::new(false), Condvar::new()),
             });
             let _ = ready_tx.send(writer.clone());
-            write_lines(&rx, out, &writer);
+            write_lines(&rx, out, path.as_deref(), &writer);
         })?;
         let writer = ready_rx.recv().map_err(|_| io::Error::other("access-log writer did not start"))?;
         Ok(AccessLog { tx: Some(tx), dropped, writer: Some(writer) })
@@ -105,6 +109,14 @@ impl AccessLog {
         let (done, signal) = &writer.drained;
         let guard = done.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = signal.wait_timeout_while(guard, timeout, |drained| !*drained);
+    }
+
+    /// Reopens a file access log by its path (after logrotate moved it): lines queued so far
+    /// go to the old file, later ones to the new. Stdout and `off` ignore it.
+    pub fn reopen(&self) {
+        let Some(writer) = &self.writer else { return };
+        writer.reopen.store(true, Ordering::Release);
+        writer.thread.unpark();
     }
 
     /// Queues one line; never blocks. A full queue drops the line and counts it.
@@ -128,10 +140,13 @@ impl AccessLog {
 
 /// Every `WRITE_INTERVAL` (or when shutdown asks), writes all queued lines in large writes
 /// and flushes.
-fn write_lines(rx: &Receiver<Vec<u8>>, out: Box<dyn Write + Send>, writer: &Writer) {
+fn write_lines(rx: &Receiver<Vec<u8>>, out: Box<dyn Write + Send>, path: Option<&Path>, writer: &Writer) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     loop {
         let closing = writer.closing.load(Ordering::Acquire);
+        if writer.reopen.swap(false, Ordering::AcqRel) {
+            reopen(&mut out, path);
+        }
         let open = loop {
             match rx.try_recv() {
                 Ok(line) => {
@@ -150,6 +165,26 @@ fn write_lines(rx: &Receiver<Vec<u8>>, out: Box<dyn Write + Send>, writer: &Writ
     let (done, signal) = &writer.drained;
     *done.lock().unwrap_or_else(PoisonError::into_inner) = true;
     signal.notify_all();
+}
+
+fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Writes what is buffered to the old file, then switches to a fresh open of `path`; on
+/// failure the old file stays (no line is lost either way).
+fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, path: Option<&Path>) {
+    let Some(path) = path else { return };
+    let _ = out.flush();
+    match open_append(path) {
+        Ok(file) => {
+            *out.get_mut() = Box::new(file);
+            tracing::info!(path = %path.display(), "access log reopened");
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot reopen the access log; still writing to the old file")
+        }
+    }
 }
 
 /// RFC 3339 UTC time with milliseconds.

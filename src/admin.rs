@@ -45,6 +45,7 @@ async fn route(state: Arc<Shared>, req: Request<Incoming>) -> Result<AdminRespon
         (&Method::GET, "/readyz") => readiness(&state).await,
         (&Method::GET, "/metrics") => metrics(&state),
         (&Method::POST, "/hooks/frappe") => webhook(&state, req).await,
+        (&Method::POST, "/reload") => reload(&state),
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
     };
     Ok(response)
@@ -141,6 +142,32 @@ async fn webhook(state: &Shared, req: Request<Incoming>) -> AdminResponse {
         bus.publish(&user).await;
     }
     json(StatusCode::OK, serde_json::json!({ "revoked": user, "refreshed": matches!(refreshed, Ok(true)) }))
+}
+
+/// `POST /reload`: 200 with what changed and what needs a restart, or 422 with the errors
+/// (each with its key and line); the previous configuration stays in force on errors.
+fn reload(state: &Shared) -> AdminResponse {
+    match crate::reload::reload(state) {
+        Ok(report) => json(
+            StatusCode::OK,
+            serde_json::json!({ "status": "reloaded", "changed": report.changed, "restart_required": report.restart_required }),
+        ),
+        Err(crate::reload::ReloadError::Config(e)) => {
+            let errors: Vec<_> = e
+                .issues
+                .iter()
+                .map(|i| serde_json::json!({ "key": i.key, "line": i.line, "message": i.message }))
+                .collect();
+            json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({ "status": "rejected", "file": e.file, "errors": errors }),
+            )
+        }
+        Err(other) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({ "status": "rejected", "errors": [{ "message": other.to_string() }] }),
+        ),
+    }
 }
 
 /// `GET /api/method/ping` on the upstream: any answer below 500 means Frappe is serving.

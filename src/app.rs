@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, TlsFiles};
+use crate::reload::{self, ConfigSource, ReloadError, ReloadReport};
 use crate::state::Shared;
 use crate::{admin, auth, server, tls};
 
@@ -64,6 +64,11 @@ impl Running {
         self.admin_addr
     }
 
+    /// Reads the config source again and puts a valid result in force (see [`reload`]).
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        reload::reload(&self.shared)
+    }
+
     /// Stops accepting, lets in-flight requests finish (at most `server.shutdown_grace`),
     /// then flushes the access log.
     pub async fn shutdown(mut self) {
@@ -86,11 +91,12 @@ impl Drop for Running {
 }
 
 /// Binds the listeners, builds the shared state and starts serving; returns once the gateway
-/// is ready to take requests (the "listening" log line has been written).
-pub async fn start(config: Config) -> Result<Running, StartError> {
+/// is ready to take requests (the "listening" log line has been written). With a `source`,
+/// [`Running::reload`] (and SIGHUP, `POST /reload`) read it again.
+pub async fn start(config: Config, source: Option<ConfigSource>) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let acceptor = match &config.server.tls {
-        Some(files) => Some(tls_acceptor(files, config.server.self_signed_if_missing)?),
+    let certificate = match &config.server.tls {
+        Some(files) => Some(load_certificate(files, config.server.self_signed_if_missing)?),
         None => None,
     };
     let access_log = AccessLog::start(&config.log.access).map_err(|e| {
@@ -101,12 +107,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_addr = proxy_listeners[0].local_addr().map_err(anyhow::Error::from)?;
     let admin_addr = admin_listener.local_addr().map_err(anyhow::Error::from)?;
     let (upstream, max_connections) = (config.upstream.url.clone(), config.server.max_connections);
-    let shared = Arc::new(Shared::new(config, access_log).await?);
+    let shared = Arc::new(Shared::new(config, certificate, source, access_log).await?);
 
     let (stop, stop_rx) = watch::channel(false);
     start_background_tasks(&shared, &stop_rx);
     let admin = crate::spawn(admin::serve_admin(admin_listener, shared.clone(), stop_rx.clone()));
-    let workers = spawn_workers(proxy_listeners, &shared, acceptor, max_connections, &stop_rx)?;
+    let workers = spawn_workers(proxy_listeners, &shared, max_connections, &stop_rx)?;
     tracing::info!(
         %proxy_addr,
         workers = workers.len(),
@@ -123,12 +129,26 @@ pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn"))
 }
 
-/// Runs until SIGTERM / SIGINT, then drains in-flight requests and returns.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Runs until SIGTERM / SIGINT / SIGQUIT, then drains in-flight requests and returns.
+/// SIGHUP reloads the configuration, SIGUSR1 reopens a file access log; any other catchable
+/// signal is logged and ignored rather than killing the process.
+pub async fn run(config: Config, source: ConfigSource) -> Result<(), StartError> {
     // Registered first, so a signal arriving while the gateway starts is not lost.
-    let terminated = server::termination_signal().map_err(anyhow::Error::from)?;
-    let running = start(config).await?;
-    terminated.await;
+    let mut signals = server::Signals::register().map_err(anyhow::Error::from)?;
+    let running = start(config, Some(source)).await?;
+    loop {
+        match signals.next().await {
+            server::Signal::Terminate(name) => {
+                tracing::info!(signal = name, "draining");
+                break;
+            }
+            server::Signal::Reload => {
+                let _ = running.reload();
+            }
+            server::Signal::ReopenLogs => running.shared.obs.access_log.reopen(),
+            server::Signal::Ignored(name) => tracing::warn!(signal = name, "signal ignored"),
+        }
+    }
     running.shutdown().await;
     Ok(())
 }
@@ -139,7 +159,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 fn spawn_workers(
     listeners: Vec<std::net::TcpListener>,
     state: &Arc<Shared>,
-    acceptor: Option<TlsAcceptor>,
     max_connections: usize,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -148,8 +167,7 @@ fn spawn_workers(
         .into_iter()
         .enumerate()
         .map(|(worker, listener)| {
-            let (state, acceptor, stop, slots) =
-                (state.clone(), acceptor.clone(), stop.clone(), slots.clone());
+            let (state, stop, slots) = (state.clone(), stop.clone(), slots.clone());
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             // The worker logs where the gateway was started from (its own subscriber in tests).
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
@@ -157,9 +175,7 @@ fn spawn_workers(
                 let _logging = tracing::dispatcher::set_default(&dispatch);
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            server::serve_proxy(listener, state, acceptor, slots, worker, stop).await
-                        }
+                        Ok(listener) => server::serve_proxy(listener, state, slots, worker, stop).await,
                         Err(e) => tracing::error!(worker, error = %e, "proxy worker cannot use its listener"),
                     }
                 });
@@ -223,7 +239,7 @@ fn start_background_tasks(state: &Arc<Shared>, stop: &watch::Receiver<bool>) {
 
 /// Loads the configured certificate, or — when the files are missing and the operator opted
 /// in with `self_signed_if_missing` — writes a self-signed pair there first.
-fn tls_acceptor(files: &TlsFiles, self_signed_if_missing: bool) -> Result<TlsAcceptor, StartError> {
+fn load_certificate(files: &TlsFiles, self_signed_if_missing: bool) -> Result<tls::Certificate, StartError> {
     let missing = tls::missing_files(files);
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
@@ -243,8 +259,7 @@ fn tls_acceptor(files: &TlsFiles, self_signed_if_missing: bool) -> Result<TlsAcc
              Clients will not trust it; install a real certificate for production"
         );
     }
-    let config = tls::server_config(files).map_err(|e| StartError::Config(format!("{e:#}")))?;
-    Ok(TlsAcceptor::from(config))
+    tls::Certificate::load(files).map_err(|e| StartError::Config(format!("{e:#}")))
 }
 
 /// The effective configuration as `check` prints it; secrets show as `<redacted>`.

@@ -18,6 +18,7 @@ mod outcome;
 mod pipeline;
 pub mod policy;
 mod proxy;
+pub mod reload;
 mod request_body;
 mod request_head;
 mod request_log;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use frappe_gateway::reload::ConfigSource;
 use frappe_gateway::{app, config, tls};
 
 /// Exit status for a configuration the gateway refuses (bad key, missing certificate…).
@@ -77,7 +78,8 @@ fn gen_cert(hosts: &[String], out: &Path) -> ExitCode {
 }
 
 fn run(path: &Path) -> ExitCode {
-    let config = match config::load(path) {
+    let source = ConfigSource::file(path.to_path_buf());
+    let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
             eprint!("{e}");
@@ -94,7 +96,7 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(config)) {
+    match runtime.block_on(app::run(config, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(app::StartError::Config(msg)) => {
             tracing::error!(error = %msg, "refusing to start");

@@ -25,6 +25,8 @@ pub struct Metrics {
     auth: Vec<Counter>,
     /// Indexed by `Limiter as usize`.
     limited: Vec<Counter>,
+    /// `[ok, error]`.
+    reloads: [Counter; 2],
     latency: Histogram,
     /// Set just before each scrape by the admin handler.
     pub cache_entries: Gauge<i64, AtomicI64>,
@@ -59,6 +61,9 @@ impl Metrics {
             .iter()
             .map(|l| limited_family.get_or_create(&vec![("limiter", l.as_str())]).clone())
             .collect();
+        let reloads_family = Family::<Labels, Counter>::default();
+        registry.register("config_reloads", "Configuration reloads by result", reloads_family.clone());
+        let reloads = ["ok", "error"].map(|r| reloads_family.get_or_create(&vec![("result", r)]).clone());
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "request_duration_seconds",
@@ -90,6 +95,7 @@ impl Metrics {
             requests,
             auth,
             limited,
+            reloads,
             latency,
             cache_entries,
             redis_degraded,
@@ -108,6 +114,11 @@ impl Metrics {
     /// Counts one authentication outcome.
     pub fn record_auth(&self, outcome: AuthOutcome) {
         self.auth[outcome as usize].inc();
+    }
+
+    /// Counts one configuration reload (SIGHUP or `POST /reload`).
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].inc();
     }
 
     /// Counts one request refused by `limiter`.

@@ -58,7 +58,6 @@ pub fn bind_workers(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::Tc
 pub async fn serve_proxy(
     listener: TcpListener,
     state: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
     slots: Arc<Semaphore>,
     worker: usize,
     mut shutdown: ShutdownSignal,
@@ -69,7 +68,6 @@ pub async fn serve_proxy(
         header_read_timeout: server.header_read_timeout,
         idle_timeout: server.idle_timeout,
         state,
-        tls,
         worker,
     });
     loop {
@@ -146,7 +144,6 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// What every connection of one proxy worker shares.
 struct ProxyListener {
     state: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
     http: auto::Builder<TokioExecutor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -163,11 +160,13 @@ async fn serve_connection(
     // IPv4-mapped IPv6 peers (dual-stack sockets) are the IPv4 address they carry.
     let peer_ip = peer.ip().to_canonical();
     let worker = listener.worker;
-    let Some(tls) = &listener.tls else {
+    // The certificate in force when the client connects (a reload swaps it for later ones).
+    let Some(certificate) = listener.state.tls.load_full() else {
         let info = Arc::new(ConnInfo { peer: peer_ip, tls: None, worker });
         return serve_io(stream, info, listener, shutdown).await;
     };
-    let handshake = tokio::time::timeout(listener.header_read_timeout, tls.accept(stream));
+    let acceptor = TlsAcceptor::from(certificate.config.clone());
+    let handshake = tokio::time::timeout(listener.header_read_timeout, acceptor.accept(stream));
     match handshake.await {
         Ok(Ok(stream)) => {
             let version = crate::tls::version_name(stream.get_ref().1.protocol_version());
@@ -341,16 +340,53 @@ impl<I: AsyncWrite> AsyncWrite for ActivityIo<I> {
     }
 }
 
-/// Registers SIGTERM / SIGINT handlers now (so a signal arriving while the gateway starts is
-/// not lost) and returns a future that resolves when either arrives.
-pub fn termination_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; draining"),
-            _ = int.recv() => tracing::info!("SIGINT received; draining"),
-        }
-    })
+/// A signal the gateway acts on.
+pub enum Signal {
+    /// SIGTERM, SIGINT, SIGQUIT: drain and exit.
+    Terminate(&'static str),
+    /// SIGHUP: reload the configuration.
+    Reload,
+    /// SIGUSR1: reopen the access-log file (logrotate's `postrotate`).
+    ReopenLogs,
+    /// SIGUSR2, SIGALRM, SIGWINCH…: logged, never fatal.
+    Ignored(&'static str),
+}
+
+/// The handlers, registered at once so a signal arriving while the gateway starts is queued.
+pub struct Signals {
+    handlers: Vec<(tokio::signal::unix::Signal, fn() -> Signal)>,
+}
+
+impl Signals {
+    pub fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let table: [(SignalKind, fn() -> Signal); 8] = [
+            (SignalKind::terminate(), || Signal::Terminate("SIGTERM")),
+            (SignalKind::interrupt(), || Signal::Terminate("SIGINT")),
+            (SignalKind::quit(), || Signal::Terminate("SIGQUIT")),
+            (SignalKind::hangup(), || Signal::Reload),
+            (SignalKind::user_defined1(), || Signal::ReopenLogs),
+            (SignalKind::user_defined2(), || Signal::Ignored("SIGUSR2")),
+            (SignalKind::alarm(), || Signal::Ignored("SIGALRM")),
+            (SignalKind::from_raw(26), || Signal::Ignored("SIGVTALRM")),
+        ];
+        let handlers = table
+            .into_iter()
+            .map(|(kind, meaning)| Ok((signal(kind)?, meaning)))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Signals { handlers })
+    }
+
+    /// The next signal received.
+    pub async fn next(&mut self) -> Signal {
+        let ready = std::future::poll_fn(|cx| {
+            for (handler, meaning) in &mut self.handlers {
+                if handler.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(meaning());
+                }
+            }
+            std::task::Poll::Pending
+        });
+        ready.await
+    }
 }

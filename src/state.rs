@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::access_log::AccessLog;
 use crate::auth::{CredentialStore, FrappeClient, SyncStatus, VerifyBudget};
@@ -15,11 +15,17 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{FailedAuthTracker, RateLimiter, RestrictIpCache, RevocationBus};
 use crate::proxy::Upstream;
+use crate::reload::ConfigSource;
 use crate::runtime::Runtime;
+use crate::tls::Certificate;
 
 /// See the module docs.
 pub(crate) struct Shared {
     runtime: ArcSwap<Runtime>,
+    /// The certificate new TLS handshakes present (`None`: plain HTTP); swapped by a reload.
+    pub(crate) tls: ArcSwapOption<Certificate>,
+    /// Where the config came from, for reloads (`None`: started from a `Config` value).
+    pub(crate) source: Option<ConfigSource>,
     pub(crate) auth: AuthState,
     pub(crate) limits: LimitState,
     /// One upstream pool per proxy worker (index = worker), so a request and its pooled
@@ -54,7 +60,12 @@ pub(crate) struct Observability {
 }
 
 impl Shared {
-    pub(crate) async fn new(config: Config, access_log: AccessLog) -> Result<Self> {
+    pub(crate) async fn new(
+        config: Config,
+        certificate: Option<Certificate>,
+        source: Option<ConfigSource>,
+        access_log: AccessLog,
+    ) -> Result<Self> {
         let new_upstream = || Upstream::new(config.upstream.connect_timeout, config.upstream.timeout);
         let frappe = Arc::new(FrappeClient::new(
             &config.frappe.url,
@@ -76,6 +87,8 @@ impl Shared {
             limiter,
         };
         Ok(Shared {
+            tls: ArcSwapOption::from(certificate.map(Arc::new)),
+            source,
             upstreams: (0..config.server.workers).map(|_| new_upstream()).collect(),
             probe: new_upstream(),
             auth,
@@ -92,6 +105,11 @@ impl Shared {
     /// The runtime configuration now in force; a request holds on to the one it started with.
     pub(crate) fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Puts a new runtime configuration in force for every request that starts from now on.
+    pub(crate) fn swap_runtime(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
     }
 }
 

@@ -12,6 +12,25 @@ use rustls::ServerConfig;
 use crate::config::TlsFiles;
 
 /// Builds the server config from a PEM certificate chain and private key.
+/// The certificate in force: the rustls config new handshakes use, and a fingerprint of the
+/// files it was read from (to tell a reload whether they changed).
+pub struct Certificate {
+    pub config: Arc<ServerConfig>,
+    pub fingerprint: [u8; 32],
+}
+
+impl Certificate {
+    pub fn load(files: &TlsFiles) -> Result<Self> {
+        use sha2::Digest;
+        let config = server_config(files)?;
+        let mut digest = sha2::Sha256::new();
+        for path in [&files.cert, &files.key] {
+            digest.update(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?);
+        }
+        Ok(Certificate { config, fingerprint: digest.finalize().into() })
+    }
+}
+
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
     let certs = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;

@@ -899,8 +899,9 @@ async fn slow_bodies_do_not_starve_sync_workers() {
 
     let started = Instant::now();
     let mut tricklers = Vec::new();
+    let trickling = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..TRICKLERS {
-        let env = env.clone();
+        let (env, trickling) = (env.clone(), trickling.clone());
         tricklers.push(tokio::spawn(async move {
             let host = env.host();
             let head = if i % 2 == 0 {
@@ -921,6 +922,7 @@ async fn slow_bodies_do_not_starve_sync_workers() {
             if tls.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
+            trickling.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             loop {
                 if tls.write_all(b"x").await.is_err() || tls.flush().await.is_err() {
                     return;
@@ -929,7 +931,8 @@ async fn slow_bodies_do_not_starve_sync_workers() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all_trickling = || trickling.load(std::sync::atomic::Ordering::SeqCst) == TRICKLERS;
+    eventually("every trickler sent its head", Duration::from_secs(10), all_trickling).await;
 
     let (mut ok, mut attempted, mut first_failure) = (0usize, 0usize, None);
     while attempted < WANTED && started.elapsed() < LOAD {
@@ -1165,8 +1168,6 @@ async fn a_large_multipart_upload_streams_through() {
         f.check(warm.as_ref().is_ok_and(|r| r.status() == 200), || {
             format!("{name} warm-up upload: {warm:?}")
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-
         let baseline = rss_kib(env.gateway.pid()).expect("gateway RSS");
         let sampler = RssSampler::start(env.gateway.pid());
         let (content_type, len, body) = streamed_multipart(20 * MIB, &[("is_private", "1")]);

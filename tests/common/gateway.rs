@@ -32,6 +32,8 @@ pub enum Signal {
     Term,
     Int,
     Hup,
+    Usr1,
+    Usr2,
     Kill,
 }
 
@@ -41,6 +43,8 @@ impl Signal {
             Signal::Term => "TERM",
             Signal::Int => "INT",
             Signal::Hup => "HUP",
+            Signal::Usr1 => "USR1",
+            Signal::Usr2 => "USR2",
             Signal::Kill => "KILL",
         }
     }

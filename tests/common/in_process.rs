@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use frappe_gateway::app::{self, Running};
-use frappe_gateway::config::{self, AccessLogTarget};
+use frappe_gateway::config::AccessLogTarget;
+use frappe_gateway::reload::{ConfigSource, ReloadError, ReloadReport};
 use serde_json::Value;
 use tempfile::TempDir;
 use tracing::instrument::WithSubscriber;
@@ -52,9 +53,11 @@ impl Gateway {
         let dir = tempfile::Builder::new().prefix("frappe-gateway-inproc-").tempdir().expect("temp dir");
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config_toml).expect("write gateway.toml");
-        let env = |name: &str| envs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
-        let file = config_path.display().to_string();
-        let mut config = config::parse(config_toml, &file, &env).map_err(|e| failure(format!("{e}")))?;
+        let owned: Vec<(String, String)> = envs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let source = ConfigSource::with_env(config_path.clone(), move |name| {
+            owned.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        });
+        let mut config = source.load().map_err(|e| failure(format!("{e}")))?;
 
         // The access log goes through a FIFO to this instance's capture, unless the test
         // reads its own file.
@@ -81,7 +84,7 @@ impl Gateway {
         };
         let tls = config.server.tls.is_some();
         let dispatch = subscriber(&config.log.level, app_writer);
-        let started = app::start(config).with_subscriber(dispatch.clone()).await;
+        let started = app::start(config, Some(source)).with_subscriber(dispatch.clone()).await;
         let running = match started {
             Ok(running) => running,
             Err(e) => {
@@ -172,6 +175,17 @@ impl Gateway {
     ) -> Option<Value> {
         let check = |lines: &Lines| lines.of(stream).iter().map(|l| parse_line(l)).find(|v| predicate(v));
         self.output.wait_until(check, timeout).await
+    }
+
+    /// Replace the config file (then [`Gateway::reload`]).
+    pub fn write_config(&self, config_toml: &str) {
+        std::fs::write(&self.config_path, config_toml).expect("rewrite gateway.toml");
+    }
+
+    /// What SIGHUP does for the binary: read the config file again and put it in force.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let running = self.running.as_ref().expect("running");
+        tracing::dispatcher::with_default(&self.dispatch, || running.reload())
     }
 
     /// Polls `/readyz` (bounded) until it answers 200: the upstream answers and, with a sync
