@@ -410,6 +410,75 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn unreachable_redis_decides_batches_locally() {
+        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let clock = Arc::new(ManualClock::new());
+        let url = format!("redis://127.0.0.1:{port}");
+        let limiter = RedisLimiter::connect(&url, Duration::from_millis(50), clock.clone()).await.unwrap();
+        let checks = [
+            LimitCheck::new("ip", Subject::Ip("192.0.2.3".parse().unwrap()), per_min(100)),
+            LimitCheck::new("key", Subject::Key("k"), per_min(10)),
+        ];
+        let mut admitted = 0;
+        for _ in 0..30 {
+            let outcome = limiter.check_batch(&checks).await;
+            admitted += usize::from(outcome.admitted());
+            assert_eq!(outcome.decisions().len(), 2);
+        }
+        assert_eq!(admitted, 10);
+        assert!(limiter.is_degraded());
+    }
+
+    #[test]
+    fn batch_replies_are_read_or_rejected() {
+        let gcras = [Gcra::new(&per_min(60), Duration::from_micros(1)); 2];
+        match parse_batch(&[1500], &gcras) {
+            Some(SharedBatch::Locked(Some(1500))) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_batch(&[-1], &gcras), Some(SharedBatch::Locked(None))));
+        let Some(SharedBatch::Decided(outcome)) =
+            parse_batch(&[-2, 1, 59, 0, 1_000_000, 0, 0, 1_000_000, 60_000_000], &gcras)
+        else {
+            panic!("not decided")
+        };
+        assert_eq!(outcome.decisions().len(), 2);
+        assert_eq!(outcome.refused().map(|(i, d)| (i, d.retry_after_secs())), Some((1, Some(1))));
+        assert_eq!(outcome.decisions()[0].remaining, 59);
+        // Malformed: the caller falls back to local limits.
+        assert!(parse_batch(&[], &gcras).is_none());
+        assert!(parse_batch(&[-2, 1, 2], &gcras).is_none());
+        assert!(parse_batch(&[-2, 1, 2, 0, 5, 1, 2, 0, 5, 1, 2, 0, 5], &gcras).is_none());
+    }
+
+    #[tokio::test]
+    async fn redis_batch_equals_sequential_checks() {
+        let Some(url) = test_redis::url("redis_batch_equals_sequential_checks") else { return };
+        let limiter = limiter(&url).await;
+        let (a, b) = (test_redis::unique("batch-a"), test_redis::unique("batch-b"));
+        let (ip_rate, key_rate) = (per_min(8), per_min(5));
+        for round in 0..12 {
+            let batch = limiter
+                .check_batch(&[
+                    LimitCheck::new("ip", Subject::Key(&a), ip_rate),
+                    LimitCheck::new("key", Subject::Key(&a), key_rate),
+                ])
+                .await;
+            let mut sequential = BatchOutcome::for_checks(2);
+            if sequential.push(limiter.check("ip", Subject::Key(&b), &ip_rate).await) {
+                sequential.push(limiter.check("key", Subject::Key(&b), &key_rate).await);
+            }
+            let summary = |o: &BatchOutcome| {
+                o.decisions()
+                    .iter()
+                    .map(|d| (d.allowed, d.limit, d.remaining, d.retry_after_secs()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(summary(&batch), summary(&sequential), "round {round}");
+        }
+    }
+
+    #[tokio::test]
     async fn bad_url_is_a_setup_error() {
         assert!(RedisLimiter::connect(
             "not a url",
