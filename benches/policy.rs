@@ -1,4 +1,5 @@
-//! Policy hot paths: CIDR lookup with 10,000 rules, client-IP resolution, local rate limiting.
+//! Policy hot paths: CIDR lookup with 10,000 rules, client-IP resolution, local rate limiting
+//! (single checks and the batched per-IP + per-key check), route match with 50 routes.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -6,10 +7,16 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use frappe_gateway::config::Rate;
-use frappe_gateway::policy::{ClientIpResolver, IpSet, LocalLimiter, RateLimiter, Subject};
+use frappe_gateway::frappe_request::FrappeRequest;
+use frappe_gateway::policy::rate_limit::LimitCheck;
+use frappe_gateway::policy::{
+    ClientIpResolver, FailedAuthTracker, IpSet, LocalLimiter, RateLimiter, Subject,
+};
+use frappe_gateway::routes::{RouteTable, Target};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -86,5 +93,124 @@ fn rate_limit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ip_set, client_ip, rate_limit);
+/// What a token request asks of the limiter: the lockout, then per-IP and per-key — as one
+/// batch and as the three sequential calls it replaces.
+fn rate_limit_batch(c: &mut Criterion) {
+    let rate = Rate { count: u32::MAX, per: Duration::from_secs(1), burst: u32::MAX };
+    let ip: IpAddr = "198.51.100.23".parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let limiter = Arc::new(RateLimiter::local());
+    let tracker = FailedAuthTracker::new(
+        limiter.clone(),
+        Some(Rate { count: 20, per: Duration::from_secs(60), burst: 20 }),
+        Duration::from_secs(600),
+    );
+    let checks = [
+        LimitCheck::new("ip", Subject::Ip(ip), rate),
+        LimitCheck::new("key", Subject::Key("abc123def456"), rate),
+    ];
+    c.bench_function("rate_limit/local_batch_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| tracker.check_batch(Some(black_box(ip)), black_box(&checks)))
+    });
+    c.bench_function("rate_limit/local_sequential_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let locked = tracker.locked(black_box(ip)).await;
+            let a = limiter.check("ip", Subject::Ip(black_box(ip)), &rate).await;
+            let k = limiter.check("key", Subject::Key(black_box("abc123def456")), &rate).await;
+            (locked, a, k)
+        })
+    });
+}
+
+/// The same against a real Redis when `FGW_BENCH_REDIS_URL` names one (skipped otherwise):
+/// one round trip per batch against three.
+fn redis_batch(c: &mut Criterion) {
+    let Ok(url) = std::env::var("FGW_BENCH_REDIS_URL") else {
+        eprintln!("skipping rate_limit/redis_*: set FGW_BENCH_REDIS_URL=redis://127.0.0.1:PORT");
+        return;
+    };
+    let rate = Rate { count: u32::MAX, per: Duration::from_secs(1), burst: u32::MAX };
+    let ip: IpAddr = "198.51.100.23".parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let limiter = runtime.block_on(async {
+        let clock = Arc::new(frappe_gateway::policy::MonotonicClock::new());
+        let redis =
+            frappe_gateway::policy::RedisLimiter::connect(&url, Duration::from_secs(1), clock).await.unwrap();
+        Arc::new(RateLimiter::Redis(redis))
+    });
+    let tracker = FailedAuthTracker::new(
+        limiter.clone(),
+        Some(Rate { count: 20, per: Duration::from_secs(60), burst: 20 }),
+        Duration::from_secs(600),
+    );
+    let checks = [
+        LimitCheck::new("ip", Subject::Ip(ip), rate),
+        LimitCheck::new("key", Subject::Key("bench-key"), rate),
+    ];
+    c.bench_function("rate_limit/redis_batch_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| tracker.check_batch(Some(black_box(ip)), black_box(&checks)))
+    });
+    c.bench_function("rate_limit/redis_sequential_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let locked = tracker.locked(black_box(ip)).await;
+            let a = limiter.check("ip", Subject::Ip(black_box(ip)), &rate).await;
+            let k = limiter.check("key", Subject::Key(black_box("bench-key")), &rate).await;
+            (locked, a, k)
+        })
+    });
+    assert!(!limiter.is_degraded(), "Redis answered throughout");
+}
+
+/// A gateway.toml with 50 routes: method prefixes, DocType resources, a few denies and
+/// public paths, as a large site might configure.
+fn fifty_routes() -> String {
+    let mut toml =
+        String::from("[server]\nlisten = \"127.0.0.1:8443\"\n[upstream]\nurl = \"http://127.0.0.1:8000\"\n");
+    for i in 0..20 {
+        toml += &format!("[[route]]\npath = \"/api/method/app{i}.api.\"\nauth = \"token\"\n");
+    }
+    for i in 0..20 {
+        toml += &format!(
+            "[[route]]\npath = \"/api/resource/Doc Type {i}\"\nauth = \"token\"\nper_key = \"100/min\"\n"
+        );
+    }
+    for i in 0..5 {
+        toml += &format!("[[route]]\npath = \"/api/method/frappe.core.doctype.x{i}.\"\nauth = \"deny\"\n");
+    }
+    for i in 0..5 {
+        toml += &format!("[[route]]\npath = \"/assets/site{i}/\"\nauth = \"public\"\n");
+    }
+    toml
+}
+
+fn route_match(c: &mut Criterion) {
+    let config =
+        frappe_gateway::config::parse(&fifty_routes(), "bench.toml", &|_| None).expect("valid config");
+    assert_eq!(config.routes.len(), 50);
+    let target = Arc::new(Target {
+        base: "http://127.0.0.1:8000".parse().unwrap(),
+        host: http::HeaderValue::from_static("127.0.0.1"),
+        site_name: None,
+        frappe: true,
+    });
+    let table = RouteTable::build(&config, &target).unwrap();
+    let mut group = c.benchmark_group("route_match_50_routes");
+    for (name, uri) in [
+        ("resource_hit", "/api/resource/Doc%20Type%2017?limit=20"),
+        ("method_hit", "/api/method/app13.api.orders.list"),
+        ("fallback", "/api/resource/ToDo"),
+    ] {
+        let uri: http::Uri = uri.parse().unwrap();
+        let request = FrappeRequest::from_head(&http::Method::GET, &uri).expect("a request Frappe would run");
+        group.bench_function(format!("for_path/{name}"), |b| {
+            b.iter(|| table.for_path(black_box(&request.path)).auth)
+        });
+        group.bench_function(format!("for_request/{name}"), |b| {
+            b.iter(|| table.for_request(black_box(&request)).judged.auth)
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ip_set, client_ip, rate_limit, rate_limit_batch, redis_batch, route_match);
 criterion_main!(benches);
