@@ -119,6 +119,7 @@ class Lineup:
         self.targets = {}  # name -> dict(h1=url, h2=url or None, pids=callable)
         self.backend_pids = lambda: []
         self.extra = {}  # other processes whose CPU is reported (redis-server)
+        self.admin_ports = {}
 
     # ---- processes -------------------------------------------------------------------------
     def spawn(self, argv, log, env=None):
@@ -207,8 +208,9 @@ http {{
             "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;"
         )
 
-    def gateway(self, name, backend_port, redis_url=None):
+    def gateway(self, name, backend_port, redis_url=None, extra="", per_key=True):
         port, admin = free_port(), free_port()
+        self.admin_ports[name] = admin
         d = os.path.join(self.work, name)
         os.makedirs(d)
         c = os.path.join(self.work, "certs")
@@ -229,7 +231,7 @@ url = "http://127.0.0.1:{backend_port}"
 [network]
 allow = ["127.0.0.0/8", "10.0.0.0/8"]
 [rate_limit]
-{rl_backend}per_key = "100000000/min"
+{rl_backend}{'per_key = "100000000/min"' if per_key else ''}
 per_ip = "100000000/min"
 failed_auth_per_ip = "20/min"
 [[route]]
@@ -239,7 +241,7 @@ allow = ["127.0.0.0/8"]
 [log]
 access = "{d}/access.log"
 level = "warn"
-"""
+{extra}"""
         path = os.path.join(d, "gateway.toml")
         with open(path, "w") as f:
             f.write(conf)
@@ -270,7 +272,22 @@ level = "warn"
         direct_h2 = f"http://127.0.0.1:{backend}{PATH}" if a.backend == "hyper" else None
         self.direct = {"h1": f"http://127.0.0.1:{backend}{PATH}", "h2": direct_h2, "pids": self.backend_pids}
 
-        if a.redis:
+        if a.memory:
+            extra = ('[auth]\ncache_capacity = 100000\n'
+                     '[frappe]\nmax_verify_rate = "1000000/sec"\nmax_verify_concurrency = 256\n')
+            port, pids = self.gateway("gateway", backend, extra=extra)
+            self.targets["gateway"] = self.https(port, pids)
+            # The same without the per-key limit, whose buckets (one per active key) cost too.
+            port, pids = self.gateway("gateway-no-per-key", backend, extra=extra, per_key=False)
+            self.targets["gateway-no-per-key"] = self.https(port, pids)
+            n1 = free_port()
+            proxy = (
+                "      proxy_pass http://backend;\n      proxy_http_version 1.1;\n"
+                '      proxy_set_header Connection "";'
+            )
+            block = f"{self.tls_listen(n1)}\n{self.tls_lines()}\n    location / {{\n{proxy}\n    }}"
+            self.targets["nginx-tls"] = self.https(n1, self.nginx("nginx-tls", block, backend))
+        elif a.redis:
             rport = free_port()
             r = self.spawn(
                 ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -407,10 +424,81 @@ def span_med(values, fmt="{:.2f}"):
     return f"{span(values, fmt)} (median {fmt.format(statistics.median(values))})"
 
 
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+LOAD_KEYS_LUA = """
+local counter = 1
+local threads = {}
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  i = id - 1
+  step = %d
+end
+function request()
+  local k = i %% %d
+  i = i + step
+  return wrk.format("GET", nil, {["Authorization"] = string.format("token k%%014d:s%%014d", k, k)})
+end
+"""
+
+
+def cached_credentials(admin_port):
+    out = subprocess.run(["curl", "-s", f"http://127.0.0.1:{admin_port}/metrics"], capture_output=True,
+                         text=True).stdout
+    m = re.search(r"^(?:\w+_)?credential_cache_entries\S*\s+(\d+)", out, re.M)
+    return int(m.group(1)) if m else None
+
+
+def memory(lineup, args):
+    """Idle RSS of the gateway and of nginx, then the gateway's RSS once 100,000 distinct
+    credentials are cached (wrk with a Lua script: one key per request, 100k keys)."""
+    ng = lineup.targets["nginx-tls"]
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} — memory (RSS from /proc/PID/status)")
+    idle_ng = rss_kib(ng["pids"]())
+    print(f"idle: nginx-tls (master + {args.nginx_workers} workers) {idle_ng / 1024:.1f} MiB")
+    threads, keys = 2, args.credentials
+    script = os.path.join(lineup.work, "keys.lua")
+    with open(script, "w") as f:
+        f.write(LOAD_KEYS_LUA % (threads, keys))
+    for name in ("gateway", "gateway-no-per-key"):
+        gw, admin = lineup.targets[name], lineup.admin_ports[name]
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{admin}/healthz"])
+        idle_gw = rss_kib(gw["pids"]())
+        deadline = time.monotonic() + 180
+        cached = 0
+        while time.monotonic() < deadline:
+            subprocess.run(["wrk", f"-t{threads}", "-c16", "-d10s", "-s", script, gw["h1"]], capture_output=True)
+            cached = cached_credentials(admin) or 0
+            if cached >= keys * 0.99:
+                break
+        loaded = rss_kib(gw["pids"]())
+        print(f"{name}: idle {idle_gw / 1024:.1f} MiB; with {cached} cached credentials {loaded / 1024:.1f} MiB "
+              f"(+{(loaded - idle_gw) / 1024:.1f} MiB, {(loaded - idle_gw) * 1024 / max(1, cached):.0f} B per "
+              "credential)")
+    # The same load through nginx for comparison of RSS after load.
+    subprocess.run(["wrk", f"-t{threads}", "-c16", "-d5s", "-H", AUTH, ng["h1"]], capture_output=True)
+    print(f"nginx-tls after load: {rss_kib(ng['pids']()) / 1024:.1f} MiB")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 rounds of 1 s, 1 s warm-up: under a minute")
     ap.add_argument("--redis", action="store_true", help='gateway rate_limit.backend "redis" vs "local"')
+    ap.add_argument("--memory", action="store_true",
+                    help="idle RSS of the gateway and nginx, and the gateway's with --credentials cached keys")
+    ap.add_argument("--credentials", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per target and protocol")
@@ -434,7 +522,10 @@ def main():
     started = time.monotonic()
     try:
         lineup.start()
-        run(lineup, args)
+        if args.memory:
+            memory(lineup, args)
+        else:
+            run(lineup, args)
     finally:
         lineup.stop()
     print(f"\ntotal {time.monotonic() - started:.0f}s")

@@ -1,7 +1,8 @@
 //! Memory figures (issue 10, targets: idle RSS ≤ 15 MiB; with 100,000 cached credentials
 //! ≤ 64 MiB): the gateway's RSS right after start, and what 100,000 verified credentials cost
 //! in the credential store — RSS growth of this process and the exact live heap (a counting
-//! allocator), per entry. One test, so nothing else in this binary allocates meanwhile.
+//! allocator), per entry, and what the per-key limit's 100,000 buckets cost. One test, so
+//! nothing else in this binary allocates meanwhile.
 //!
 //! `FGW_MEMORY_BIN=target/release/frappe-gateway cargo test --test memory -- --nocapture`
 //! measures a release binary instead of the test build.
@@ -16,7 +17,8 @@ use std::time::Duration;
 use common::gateway::GATEWAY_BIN;
 use common::{http_client, rss_kib, Certs, ConfigBuilder, Gateway};
 use frappe_gateway::auth::{parse, CredentialStore, Verify, VerifyError};
-use frappe_gateway::config::AuthConfig;
+use frappe_gateway::config::{AuthConfig, Rate};
+use frappe_gateway::policy::{LocalLimiter, Subject};
 use futures_util::future::BoxFuture;
 use http::header::HeaderName;
 use http::HeaderValue;
@@ -141,8 +143,31 @@ async fn idle_rss_and_a_hundred_thousand_credentials() {
         estimate / MIB,
         idle as f64 / 1024.0
     );
+    // The per-key limit keeps one GCRA bucket per key active within its refill time: with
+    // all 100,000 keys active that is the other big share of a loaded gateway.
+    let limiter = LocalLimiter::new();
+    let rate = Rate { count: 1200, per: Duration::from_secs(60), burst: 1200 };
+    let keys: Vec<String> = (0..CREDENTIALS).map(|i| format!("k{i:014}")).collect();
+    limiter.check("key", Subject::Key("warm-up"), &rate);
+    let (bytes_before, allocs_before) = heap();
+    for key in &keys {
+        assert!(limiter.check("key", Subject::Key(key), &rate).allowed);
+    }
+    limiter.run_pending_tasks();
+    let (bytes_after, allocs_after) = heap();
+    let limiter_growth = (bytes_after - bytes_before) as f64;
+    eprintln!(
+        "per-key limiter, {CREDENTIALS} active keys ({} remembered): live heap +{:.1} MiB ({:.0} B and {:.1} \
+         allocations per key)",
+        limiter.subject_count(),
+        limiter_growth / MIB,
+        limiter_growth / CREDENTIALS as f64,
+        (allocs_after - allocs_before) as f64 / CREDENTIALS as f64,
+    );
+
     // Generous bounds (a debug build is larger than release): regressions, not the targets.
     assert!(idle < 48 * 1024, "idle RSS {idle} KiB");
     assert!(heap_growth < 64.0 * MIB, "100k credentials took {:.1} MiB of heap", heap_growth / MIB);
+    assert!(limiter_growth < 64.0 * MIB, "100k limiter buckets took {:.1} MiB of heap", limiter_growth / MIB);
     drop(headers);
 }
