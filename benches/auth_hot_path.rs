@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use frappe_gateway::auth::{parse, CredentialStore, Verify, VerifyError};
+use frappe_gateway::auth::{parse, CredentialStore, Outcome, Verify, VerifyError};
 use frappe_gateway::config::AuthConfig;
 use futures_util::future::BoxFuture;
 use http::header::HeaderName;
@@ -56,7 +56,7 @@ fn hit_path(c: &mut Criterion) {
             b.to_async(&runtime).iter(|| async {
                 let credential = parse(Some(black_box(value))).unwrap();
                 let admitted = store.authenticate(&credential, value).await.unwrap();
-                assert_eq!(admitted.outcome.as_str(), "hit");
+                assert_eq!(admitted.outcome, Outcome::Hit);
                 admitted
             })
         });

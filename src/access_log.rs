@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::AccessLogTarget;
+use crate::outcome::{AuthOutcome, Decision};
 
 /// Lines queued beyond this are dropped (and counted) rather than stalling requests.
 const QUEUE_LINES: usize = 64 * 1024;
@@ -46,12 +47,12 @@ pub struct AccessRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth: Option<&'static str>,
+    pub auth: Option<AuthOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doctype: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpc: Option<String>,
-    pub decision: &'static str,
+    pub decision: Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Cow<'static, str>>,
 }

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 
 use crate::auth;
 use crate::request_body::{BodyStats, UpstreamBody};
-use crate::server::ShutdownSignal;
-use crate::state::AppState;
+use crate::server::{self, ShutdownSignal};
+use crate::state::Shared;
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -25,21 +25,10 @@ type AdminResponse = Response<Full<Bytes>>;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves admin requests until shutdown.
-pub async fn serve_admin(listener: TcpListener, state: Arc<AppState>, mut shutdown: ShutdownSignal) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+pub async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut shutdown: ShutdownSignal) {
+    while let Some((stream, _)) = server::accept(&listener, &mut shutdown).await {
         let state = state.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let service = service_fn(move |req| route(state.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -50,7 +39,7 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<AppState>, mut shutdo
     }
 }
 
-async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<AdminResponse, Infallible> {
+async fn route(state: Arc<Shared>, req: Request<Incoming>) -> Result<AdminResponse, Infallible> {
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&state).await,
@@ -64,7 +53,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<AdminResp
 /// 200 only when the upstream answers and, with a sync token, the last good user sync is
 /// recent (within three intervals, at least 90 s); 503 with the reason otherwise. The body
 /// also reports the sync age and whether Redis limits fell back to local ones.
-async fn readiness(state: &AppState) -> AdminResponse {
+async fn readiness(state: &Shared) -> AdminResponse {
     let upstream = probe_upstream(state).await;
     let sync = sync_report(state);
     let degraded = state.limits.limiter.is_degraded();
@@ -91,9 +80,9 @@ async fn readiness(state: &AppState) -> AdminResponse {
 }
 
 /// `(fresh, details)` of the user sync, `None` without a sync token.
-fn sync_report(state: &AppState) -> Option<(bool, serde_json::Value)> {
+fn sync_report(state: &Shared) -> Option<(bool, serde_json::Value)> {
     let status = state.auth.sync_status.as_ref()?;
-    let max_age = (state.config.frappe.sync_interval * 3).max(Duration::from_secs(90));
+    let max_age = (state.runtime().config.frappe.sync_interval * 3).max(Duration::from_secs(90));
     let report = status.report();
     let details = serde_json::json!({
         "last_success_age_seconds": report.last_success_age.map(|a| a.as_secs_f64()),
@@ -111,8 +100,9 @@ const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 /// signature (`X-Frappe-Webhook-Signature`, HMAC-SHA256 of the raw body) is checked in
 /// constant time; the user's cached credentials are dropped at once, on every instance (Redis),
 /// and the user's record is re-read from Frappe.
-async fn webhook(state: &AppState, req: Request<Incoming>) -> AdminResponse {
-    let Some(secret) = &state.config.frappe.webhook_secret else {
+async fn webhook(state: &Shared, req: Request<Incoming>) -> AdminResponse {
+    let runtime = state.runtime();
+    let Some(secret) = &runtime.config.frappe.webhook_secret else {
         tracing::warn!("webhook refused: frappe.webhook_secret_env is not set");
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -143,7 +133,7 @@ async fn webhook(state: &AppState, req: Request<Incoming>) -> AdminResponse {
             serde_json::json!({ "error": "expected a JSON body with the User's name, e.g. {\"name\": \"{{doc.name}}\"}" }),
         );
     };
-    let sync_token = state.config.frappe.sync_token.as_ref();
+    let sync_token = runtime.config.frappe.sync_token.as_ref();
     let refreshed =
         auth::webhook::handle_user_event(&state.auth.store, state.auth.frappe.as_ref(), sync_token, &user)
             .await;
@@ -154,11 +144,13 @@ async fn webhook(state: &AppState, req: Request<Incoming>) -> AdminResponse {
 }
 
 /// `GET /api/method/ping` on the upstream: any answer below 500 means Frappe is serving.
-async fn probe_upstream(state: &AppState) -> Result<u16, String> {
-    let url = format!("{}api/method/ping", with_trailing_slash(&state.config.upstream.url.to_string()));
+async fn probe_upstream(state: &Shared) -> Result<u16, String> {
+    let runtime = state.runtime();
+    let upstream = &runtime.config.upstream;
+    let url = format!("{}api/method/ping", with_trailing_slash(&upstream.url.to_string()));
     let stats = Arc::new(BodyStats::default());
     let mut req = Request::get(url).body(UpstreamBody::empty(stats.clone())).map_err(|e| e.to_string())?;
-    if let Ok(host) = HeaderValue::from_str(&state.config.upstream.host) {
+    if let Ok(host) = HeaderValue::from_str(&upstream.host) {
         req.headers_mut().insert(HOST, host);
     }
     let response = tokio::time::timeout(PROBE_TIMEOUT, state.probe.send(req, &stats))
@@ -173,9 +165,9 @@ async fn probe_upstream(state: &AppState) -> Result<u16, String> {
 }
 
 /// Prometheus text format; gauges that mirror other components are refreshed first.
-fn metrics(state: &AppState) -> AdminResponse {
-    let m = &state.metrics;
-    m.access_log_dropped.set(i64::try_from(state.access_log.dropped()).unwrap_or(i64::MAX));
+fn metrics(state: &Shared) -> AdminResponse {
+    let m = &state.obs.metrics;
+    m.access_log_dropped.set(i64::try_from(state.obs.access_log.dropped()).unwrap_or(i64::MAX));
     m.cache_entries.set(i64::try_from(state.auth.store.len()).unwrap_or(i64::MAX));
     m.redis_degraded.set(i64::from(state.limits.limiter.is_degraded()));
     let sync_age = state.auth.sync_status.as_ref().and_then(|s| s.report().last_success_age);

@@ -1,6 +1,7 @@
 //! Assembling a running gateway from a validated config: logging, TLS, state, listeners,
 //! background tasks, and the shutdown sequence.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, TlsFiles};
-use crate::state::AppState;
+use crate::state::Shared;
 use crate::{admin, auth, server, tls};
 
 /// Why the gateway did not start (or stopped with an error).
@@ -31,9 +32,7 @@ impl From<anyhow::Error> for StartError {
 /// `log.level`. Keep the returned guard alive: dropping it flushes the last lines.
 pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| log_filter(level));
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -44,8 +43,51 @@ pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard 
     guard
 }
 
-/// Runs until SIGTERM / SIGINT, then drains in-flight requests and returns.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// A started gateway: its bound addresses, and the handle that stops it.
+pub struct Running {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The proxy listener's real address (port 0 in the config → the ephemeral port).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The admin listener's real address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most `server.shutdown_grace`),
+    /// then flushes the access log.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
+        self.admin.abort();
+        self.shared.obs.access_log.close(Duration::from_secs(5));
+        tracing::info!("stopped");
+    }
+}
+
+/// A gateway dropped without [`Running::shutdown`] still stops: its listeners close and its
+/// workers end once their connections have drained.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.admin.abort();
+    }
+}
+
+/// Binds the listeners, builds the shared state and starts serving; returns once the gateway
+/// is ready to take requests (the "listening" log line has been written).
+pub async fn start(config: Config) -> Result<Running, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let acceptor = match &config.server.tls {
         Some(files) => Some(tls_acceptor(files, config.server.self_signed_if_missing)?),
@@ -56,29 +98,38 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     })?;
     let proxy_listeners = server::bind_workers(config.server.listen, config.server.workers)?;
     let admin_listener = server::bind(config.admin.listen, "admin.listen").await?;
-    let state = Arc::new(AppState::new(config, access_log).await?);
-    let terminated = server::termination_signal().map_err(anyhow::Error::from)?;
+    let proxy_addr = proxy_listeners[0].local_addr().map_err(anyhow::Error::from)?;
+    let admin_addr = admin_listener.local_addr().map_err(anyhow::Error::from)?;
+    let (upstream, max_connections) = (config.upstream.url.clone(), config.server.max_connections);
+    let shared = Arc::new(Shared::new(config, access_log).await?);
 
+    let (stop, stop_rx) = watch::channel(false);
+    start_background_tasks(&shared, &stop_rx);
+    let admin = crate::spawn(admin::serve_admin(admin_listener, shared.clone(), stop_rx.clone()));
+    let workers = spawn_workers(proxy_listeners, &shared, acceptor, max_connections, &stop_rx)?;
     tracing::info!(
-        proxy_addr = %proxy_listeners[0].local_addr().map_err(anyhow::Error::from)?,
-        workers = proxy_listeners.len(),
-        admin_addr = %admin_listener.local_addr().map_err(anyhow::Error::from)?,
-        tls = acceptor.is_some(),
-        upstream = %state.config.upstream.url,
+        %proxy_addr,
+        workers = workers.len(),
+        %admin_addr,
+        tls = shared.runtime().proto == "https",
+        %upstream,
         "listening"
     );
+    Ok(Running { proxy_addr, admin_addr, shared, stop, workers, admin })
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    start_background_tasks(&state, &stop_rx);
-    let admin_task = tokio::spawn(admin::serve_admin(admin_listener, state.clone(), stop_rx.clone()));
-    let workers = spawn_workers(proxy_listeners, &state, acceptor, &stop_rx)?;
+/// `log.level` for the gateway, with its libraries' chatter kept at warnings.
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::new(format!("{level},hyper=warn,h2=warn,rustls=warn,reqwest=warn"))
+}
 
+/// Runs until SIGTERM / SIGINT, then drains in-flight requests and returns.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    // Registered first, so a signal arriving while the gateway starts is not lost.
+    let terminated = server::termination_signal().map_err(anyhow::Error::from)?;
+    let running = start(config).await?;
     terminated.await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
-    admin_task.abort();
-    state.access_log.close(Duration::from_secs(5));
-    tracing::info!("stopped");
+    running.shutdown().await;
     Ok(())
 }
 
@@ -87,11 +138,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 /// connection stay on one thread, with no cross-thread wake-ups on the hot path.
 fn spawn_workers(
     listeners: Vec<std::net::TcpListener>,
-    state: &Arc<AppState>,
+    state: &Arc<Shared>,
     acceptor: Option<TlsAcceptor>,
+    max_connections: usize,
     stop: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(state.config.server.max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     listeners
         .into_iter()
         .enumerate()
@@ -99,7 +151,10 @@ fn spawn_workers(
             let (state, acceptor, stop, slots) =
                 (state.clone(), acceptor.clone(), stop.clone(), slots.clone());
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            // The worker logs where the gateway was started from (its own subscriber in tests).
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             let thread = std::thread::Builder::new().name(format!("proxy-{worker}")).spawn(move || {
+                let _logging = tracing::dispatcher::set_default(&dispatch);
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
@@ -116,8 +171,9 @@ fn spawn_workers(
 
 /// Credential sync (when a sync token is set) and the cross-instance revocation subscriber
 /// (on the Redis backend). Both stop when `stop` turns true.
-fn start_background_tasks(state: &Arc<AppState>, stop: &watch::Receiver<bool>) {
-    let frappe = &state.config.frappe;
+fn start_background_tasks(state: &Arc<Shared>, stop: &watch::Receiver<bool>) {
+    let runtime = state.runtime();
+    let frappe = &runtime.config.frappe;
     match (&frappe.sync_token, &state.auth.sync_status) {
         (Some(token), Some(status)) => {
             auth::spawn_sync(
@@ -147,8 +203,9 @@ fn start_background_tasks(state: &Arc<AppState>, stop: &watch::Receiver<bool>) {
                 // still accepts a disabled user's key, so a plain cache drop is not enough.
                 state.auth.store.revoke_user(user);
                 let (state, user) = (state.clone(), user.to_string());
-                tokio::spawn(async move {
-                    let token = state.config.frappe.sync_token.as_ref();
+                crate::spawn(async move {
+                    let runtime = state.runtime();
+                    let token = runtime.config.frappe.sync_token.as_ref();
                     let _ = auth::webhook::handle_user_event(
                         &state.auth.store,
                         state.auth.frappe.as_ref(),

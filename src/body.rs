@@ -1,6 +1,7 @@
 //! The response body the gateway sends: the upstream's streamed body or one of the gateway's
-//! own JSON answers, counted as it goes, carrying the request's access-log entry so the line
-//! is written exactly once, when the response is finished or abandoned.
+//! own JSON answers, counted as it goes. It carries the request's access-log entry and
+//! finishes it when the last byte has been handed to the connection; a body dropped before
+//! that (the client went away) leaves the entry to its drop guard.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -16,29 +17,31 @@ enum Inner {
     Full(Option<Bytes>),
 }
 
-/// See the module docs. Dropping it writes the access-log line.
-pub struct ResponseBody {
+/// See the module docs.
+pub(crate) struct ResponseBody {
     inner: Inner,
     bytes_out: u64,
     log: Option<RequestLog>,
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> Self {
+    pub(crate) fn upstream(body: Incoming) -> Self {
         ResponseBody { inner: Inner::Upstream(body), bytes_out: 0, log: None }
     }
 
-    pub fn full(bytes: Bytes) -> Self {
+    pub(crate) fn full(bytes: Bytes) -> Self {
         ResponseBody { inner: Inner::Full(Some(bytes).filter(|b| !b.is_empty())), bytes_out: 0, log: None }
     }
 
-    pub fn empty() -> Self {
-        ResponseBody { inner: Inner::Full(None), bytes_out: 0, log: None }
+    /// Hands the request's log entry to the body, which finishes it at the body's end.
+    pub(crate) fn log_when_complete(&mut self, log: RequestLog) {
+        self.log = Some(log);
     }
 
-    /// Hands the request's log entry to the body: it is written when the body is dropped.
-    pub fn attach_log(&mut self, log: RequestLog) {
-        self.log = Some(log);
+    fn finish_log(&mut self) {
+        if let Some(log) = self.log.take() {
+            log.finish(self.bytes_out);
+        }
     }
 }
 
@@ -50,6 +53,11 @@ impl From<Bytes> for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // An empty body may never be polled (HEAD, 204, 304); otherwise the client left early
+        // and the entry's drop guard logs what was sent.
+        if self.is_end_stream() {
+            return self.finish_log();
+        }
         if let Some(log) = self.log.as_mut() {
             log.set_bytes_out(self.bytes_out);
         }
@@ -69,10 +77,15 @@ impl Body for ResponseBody {
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.bytes_out += data.len() as u64;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                }
             }
+            // An upstream that fails mid-body ends the response too: log what was sent.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish_log(),
+            Poll::Pending => {}
         }
         polled
     }

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
+use crate::outcome::{Decision, Limiter};
+
 /// What went wrong, which decides the status, the `exc_type` and the log's `decision`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -85,12 +87,19 @@ impl ErrorKind {
     }
 
     /// The access log's `decision` for a request that ended with this error.
-    pub fn decision(self) -> &'static str {
+    pub(crate) fn decision(self) -> Decision {
         match self {
-            ErrorKind::BadGateway | ErrorKind::GatewayTimeout => "upstream_error",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::TooManyRequests => "rate_limited",
-            _ => "deny",
+            ErrorKind::BadGateway | ErrorKind::GatewayTimeout => Decision::UpstreamError,
+            ErrorKind::Unavailable => Decision::Unavailable,
+            ErrorKind::TooManyRequests => Decision::RateLimited,
+            ErrorKind::BadRequest
+            | ErrorKind::InvalidAuthorizationToken
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden
+            | ErrorKind::MethodNotAllowed
+            | ErrorKind::RequestTimeout
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::HeadersTooLarge => Decision::Deny,
         }
     }
 }
@@ -102,12 +111,14 @@ pub struct GatewayError {
     pub message: Cow<'static, str>,
     pub reason: Cow<'static, str>,
     pub retry_after: Option<Duration>,
+    /// The limiter that refused, for a 429.
+    pub limiter: Option<Limiter>,
 }
 
 impl GatewayError {
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
         let message = message.into();
-        GatewayError { kind, reason: message.clone(), message, retry_after: None }
+        GatewayError { kind, reason: message.clone(), message, retry_after: None, limiter: None }
     }
 
     /// Adds an operator-facing reason that is logged but not sent.
@@ -121,8 +132,20 @@ impl GatewayError {
         self
     }
 
-    pub fn unauthorized(message: impl Into<Cow<'static, str>>) -> Self {
-        Self::new(ErrorKind::Unauthorized, message)
+    /// A 429 from `limiter`, retryable after `after` when known.
+    pub(crate) fn rate_limited(
+        limiter: Limiter,
+        message: impl Into<Cow<'static, str>>,
+        after: Option<Duration>,
+    ) -> Self {
+        let mut err = Self::new(ErrorKind::TooManyRequests, message);
+        (err.limiter, err.retry_after) = (Some(limiter), after);
+        err
+    }
+
+    /// The access log's `decision`.
+    pub(crate) fn decision(&self) -> Decision {
+        self.kind.decision()
     }
 
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {

@@ -1,24 +1,39 @@
 //! frappe-gateway: an authenticating TLS reverse proxy for ERPNext / Frappe v15 sites.
 //!
-//! The request path is `pipeline::handle`; `app::run` assembles a running gateway.
+//! The request path is `pipeline::handle`; [`app::start`] assembles a running gateway and
+//! [`app::run`] runs one until a termination signal. The library's public surface is what
+//! the binary, the integration tests and the benches use; everything else is crate-private.
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
+mod access_log;
+mod admin;
 pub mod app;
 pub mod auth;
-pub mod body;
+mod body;
 pub mod config;
-pub mod error;
+mod error;
 pub mod frappe_request;
-pub mod metrics;
-pub mod pipeline;
+mod metrics;
+mod outcome;
+mod pipeline;
 pub mod policy;
-pub mod proxy;
-pub mod request_body;
-pub mod request_head;
-pub mod request_log;
-pub mod routes;
-pub mod server;
-pub mod state;
+mod proxy;
+mod request_body;
+mod request_head;
+mod request_log;
+mod routes;
+mod runtime;
+mod server;
+mod state;
 pub mod tls;
+
+/// `tokio::spawn` that keeps the spawning task's tracing subscriber, so a gateway started
+/// under its own subscriber (as the in-process tests do) logs to it from every task.
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::instrument::WithSubscriber;
+    tokio::spawn(future.with_current_subscriber())
+}

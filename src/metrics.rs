@@ -11,31 +11,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Decisions the access log can record, in a fixed order (index into the counter table).
-const DECISIONS: [&str; 6] =
-    ["allow", "deny", "rate_limited", "unavailable", "upstream_error", "client_closed"];
+use crate::outcome::{AuthOutcome, Decision, Limiter};
+
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-/// Authentication outcomes, as the access log names them.
-/// `over-budget` counts unknown credentials refused by the verification budget,
-/// `administrator` Administrator's credentials refused by `auth.allow_administrator = false`.
-pub const AUTH_OUTCOMES: [&str; 9] = [
-    "hit",
-    "miss-verified",
-    "stale",
-    "negative-hit",
-    "rejected",
-    "disabled",
-    "unavailable",
-    "over-budget",
-    "administrator",
-];
 
 type Labels = Vec<(&'static str, &'static str)>;
 
 pub struct Metrics {
     registry: Registry,
+    /// Indexed by `decision as usize * 5 + status class`.
     requests: Vec<Counter>,
+    /// Indexed by `AuthOutcome as usize`.
     auth: Vec<Counter>,
+    /// Indexed by `Limiter as usize`.
+    limited: Vec<Counter>,
     latency: Histogram,
     /// Set just before each scrape by the admin handler.
     pub cache_entries: Gauge<i64, AtomicI64>,
@@ -49,15 +38,27 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gateway");
         let requests_family = Family::<Labels, Counter>::default();
         registry.register("requests", "Requests by decision and status class", requests_family.clone());
-        let requests = DECISIONS
+        let requests = Decision::ALL
             .iter()
-            .flat_map(|d| STATUS_CLASSES.iter().map(move |s| vec![("decision", *d), ("status", *s)]))
+            .flat_map(|d| STATUS_CLASSES.iter().map(move |s| vec![("decision", d.as_str()), ("status", *s)]))
             .map(|labels| requests_family.get_or_create(&labels).clone())
             .collect();
         let auth_family = Family::<Labels, Counter>::default();
         registry.register("auth", "Token authentications by outcome", auth_family.clone());
-        let auth =
-            AUTH_OUTCOMES.iter().map(|o| auth_family.get_or_create(&vec![("outcome", *o)]).clone()).collect();
+        let auth = AuthOutcome::ALL
+            .iter()
+            .map(|o| auth_family.get_or_create(&vec![("outcome", o.as_str())]).clone())
+            .collect();
+        let limited_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by limiter",
+            limited_family.clone(),
+        );
+        let limited = Limiter::ALL
+            .iter()
+            .map(|l| limited_family.get_or_create(&vec![("limiter", l.as_str())]).clone())
+            .collect();
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "request_duration_seconds",
@@ -88,6 +89,7 @@ impl Metrics {
             registry,
             requests,
             auth,
+            limited,
             latency,
             cache_entries,
             redis_degraded,
@@ -97,18 +99,20 @@ impl Metrics {
     }
 
     /// Counts one finished request.
-    pub fn record_request(&self, decision: &str, status: u16, latency: Duration) {
-        let d = DECISIONS.iter().position(|x| *x == decision).unwrap_or(1);
+    pub fn record_request(&self, decision: Decision, status: u16, latency: Duration) {
         let s = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[d * STATUS_CLASSES.len() + s].inc();
+        self.requests[decision as usize * STATUS_CLASSES.len() + s].inc();
         self.latency.observe(latency.as_secs_f64());
     }
 
-    /// Counts one authentication outcome (names from [`AUTH_OUTCOMES`]).
-    pub fn record_auth(&self, outcome: &str) {
-        if let Some(i) = AUTH_OUTCOMES.iter().position(|x| *x == outcome) {
-            self.auth[i].inc();
-        }
+    /// Counts one authentication outcome.
+    pub fn record_auth(&self, outcome: AuthOutcome) {
+        self.auth[outcome as usize].inc();
+    }
+
+    /// Counts one request refused by `limiter`.
+    pub fn record_limited(&self, limiter: Limiter) {
+        self.limited[limiter as usize].inc();
     }
 
     /// The text exposition format.
@@ -132,11 +136,13 @@ mod tests {
     #[test]
     fn requests_are_counted_by_decision_and_class() {
         let m = Metrics::new();
-        m.record_request("deny", 403, Duration::from_millis(1));
-        m.record_request("deny", 401, Duration::from_millis(1));
-        m.record_auth("hit");
+        m.record_request(Decision::Deny, 403, Duration::from_millis(1));
+        m.record_request(Decision::Deny, 401, Duration::from_millis(1));
+        m.record_auth(AuthOutcome::Hit);
+        m.record_limited(Limiter::Lockout);
         let text = m.encode();
         assert!(text.contains("gateway_requests_total{decision=\"deny\",status=\"4xx\"} 2"), "{text}");
         assert!(text.contains("gateway_auth_total{outcome=\"hit\"} 1"), "{text}");
+        assert!(text.contains("gateway_rate_limited_total{limiter=\"lockout\"} 1"), "{text}");
     }
 }

@@ -174,18 +174,13 @@ pub fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
     *req.version_mut() = Version::HTTP_11;
 }
 
-/// Removes the user header a client may have sent (every route, before anything else reads it).
-pub fn strip_user_header<B>(req: &mut Request<B>, user_header: &HeaderName) {
-    while req.headers_mut().remove(user_header).is_some() {}
-}
-
 /// Cleans the upstream response for the client: hop-by-hop headers out (Frappe's gunicorn
-/// says `Connection: close`, which must not close the client's connection).
-pub fn prepare_response<B>(resp: &mut Response<B>, request_id: &HeaderValue) {
+/// says `Connection: close`, which must not close the client's connection). The pipeline's
+/// exit sets the request id on every response, this one included.
+pub fn prepare_response<B>(resp: &mut Response<B>) {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(resp.headers_mut());
     }
-    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -309,7 +304,6 @@ mod tests {
         let host = HeaderValue::from_static("erp.example.com");
         let rid = HeaderValue::from_static("rid");
         let user_header = HeaderName::from_static("x-frappe-user");
-        strip_user_header(&mut req, &user_header);
         prepare(&mut req, &info(&base, &host, &rid, Some((&user_header, "api@example.com"))));
         let h = req.headers();
         assert_eq!(h["x-forwarded-for"], "203.0.113.9");

@@ -99,8 +99,33 @@ fn body_timeout(after: Duration) -> GatewayError {
     )
 }
 
-pub fn body_too_large() -> GatewayError {
+/// Every 413 the gateway sends comes from this module: declared too large, grown too large
+/// while streaming, or a form too large to judge.
+fn body_too_large() -> GatewayError {
     GatewayError::new(ErrorKind::PayloadTooLarge, "request body is larger than the gateway allows")
+}
+
+/// The declared Content-Length; 413 before reading anything when it is already too big.
+pub fn declared_length(headers: &http::HeaderMap, limits: &BodyLimits) -> Result<Option<u64>, GatewayError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > limits.max => {
+            Err(body_too_large().with_reason(format!("Content-Length {len} > max_body_bytes {}", limits.max)))
+        }
+        _ => Ok(declared),
+    }
+}
+
+/// 413 for a form or JSON body larger than `inspect`: Frappe parses it whole, so the gateway
+/// must judge it whole, and cannot.
+pub fn too_large_to_judge(limits: &BodyLimits) -> GatewayError {
+    body_too_large().with_reason(format!(
+        "a form or JSON body over server.inspect_body_bytes ({}) cannot be judged",
+        limits.inspect
+    ))
 }
 
 /// Why a streamed body was cut off.

@@ -1,6 +1,7 @@
-//! Per-request facts gathered along the pipeline, written as one access-log line when the
-//! entry is dropped — whatever the outcome, exactly once (a request abandoned by its client
-//! before any answer is logged with status 499, as nginx does).
+//! Per-request facts gathered along the pipeline, written as one access-log line (and counted
+//! in the metrics) by an explicit [`RequestLog::finish`] when the response is complete. The
+//! only other writer is the drop guard for a request that was cancelled: its client went away
+//! before the answer was finished (status 499 when no answer had begun, as nginx logs it).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -13,40 +14,44 @@ use http::{Method, Uri, Version};
 use crate::access_log::{loggable_path, timestamp, AccessLog, AccessRecord};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::outcome::{AuthOutcome, Decision, Limiter};
 use crate::request_body::BodyStats;
 
 /// Status logged for a request whose client went away before it was answered.
 const CLIENT_CLOSED: u16 = 499;
 
-pub struct RequestLog {
+pub(crate) struct RequestLog {
     sink: AccessLog,
     metrics: Arc<Metrics>,
     started: Instant,
     wall: SystemTime,
-    pub request_id: Arc<str>,
-    pub client_ip: IpAddr,
+    /// Set by `finish`; the drop guard writes only when it is still false.
+    written: bool,
+    pub(crate) request_id: Arc<str>,
+    pub(crate) client_ip: IpAddr,
     /// `None` for a request hyper could not parse.
     method: Option<Method>,
     uri: Option<Uri>,
     version: Version,
-    pub tls: Option<&'static str>,
-    pub status: u16,
-    pub upstream_status: Option<u16>,
+    pub(crate) tls: Option<&'static str>,
+    pub(crate) status: u16,
+    pub(crate) upstream_status: Option<u16>,
     /// Updated by the request body as it streams upstream.
-    pub body_stats: Option<Arc<BodyStats>>,
+    pub(crate) body_stats: Option<Arc<BodyStats>>,
     bytes_out: u64,
-    pub route: Option<Arc<str>>,
-    pub user: Option<Arc<str>>,
-    pub api_key: Option<Arc<str>>,
-    pub auth: Option<&'static str>,
-    pub doctype: Option<String>,
-    pub rpc: Option<String>,
-    pub decision: &'static str,
-    pub reason: Option<Cow<'static, str>>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) user: Option<Arc<str>>,
+    pub(crate) api_key: Option<Arc<str>>,
+    pub(crate) auth: Option<AuthOutcome>,
+    pub(crate) doctype: Option<String>,
+    pub(crate) rpc: Option<String>,
+    decision: Decision,
+    limiter: Option<Limiter>,
+    reason: Option<Cow<'static, str>>,
 }
 
 impl RequestLog {
-    pub fn begin<B>(
+    pub(crate) fn begin<B>(
         sink: &AccessLog,
         metrics: &Arc<Metrics>,
         req: &http::Request<B>,
@@ -58,6 +63,7 @@ impl RequestLog {
             metrics: metrics.clone(),
             started: Instant::now(),
             wall: SystemTime::now(),
+            written: false,
             request_id,
             client_ip,
             method: Some(req.method().clone()),
@@ -74,40 +80,63 @@ impl RequestLog {
             auth: None,
             doctype: None,
             rpc: None,
-            decision: "allow",
+            decision: Decision::Allow,
+            limiter: None,
             reason: None,
         }
     }
 
-    /// The entry for a request whose head HTTP/1.1 parsing rejected (hyper answered it with a
-    /// bare 400 / 431 and closed the connection): there is no method or path to log.
-    pub fn unparsed(
+    /// Logs a request whose head HTTP/1.1 parsing rejected (hyper answered it with a bare
+    /// 400 / 431 and closed the connection): there is no method or path to log.
+    pub(crate) fn unparsed(
         sink: &AccessLog,
         metrics: &Arc<Metrics>,
         request_id: Arc<str>,
         client_ip: IpAddr,
+        tls: Option<&'static str>,
         status: u16,
         reason: &'static str,
-    ) -> Self {
+    ) {
         let req = http::Request::new(());
         let mut log = RequestLog::begin(sink, metrics, &req, request_id, client_ip);
-        (log.method, log.uri, log.status) = (None, None, status);
-        (log.decision, log.reason) = ("deny", Some(Cow::Borrowed(reason)));
-        log
+        (log.method, log.uri, log.status, log.tls) = (None, None, status, tls);
+        (log.decision, log.reason) = (Decision::Deny, Some(Cow::Borrowed(reason)));
+        log.finish(0);
     }
 
     /// Records a refusal the gateway answered itself.
-    pub fn refused(&mut self, err: &GatewayError) {
-        self.decision = err.kind.decision();
+    pub(crate) fn refused(&mut self, err: &GatewayError) {
+        self.decision = err.decision();
+        self.limiter = err.limiter;
         self.reason = Some(err.reason.clone());
     }
 
-    pub fn set_bytes_out(&mut self, n: u64) {
+    /// Writes the line and counts the request: the response is complete after `bytes_out`
+    /// body bytes.
+    pub(crate) fn finish(mut self, bytes_out: u64) {
+        self.bytes_out = bytes_out;
+        self.write();
+    }
+
+    /// Bytes of the response body sent so far (the drop guard logs them when cancelled).
+    pub(crate) fn set_bytes_out(&mut self, n: u64) {
         self.bytes_out = n;
     }
 
-    fn record(&mut self) -> AccessRecord {
-        AccessRecord {
+    fn write(&mut self) {
+        self.written = true;
+        if self.status == CLIENT_CLOSED {
+            self.decision = Decision::ClientClosed;
+        }
+        let latency = self.started.elapsed();
+        self.metrics.record_request(self.decision, self.status, latency);
+        if let Some(outcome) = self.auth {
+            self.metrics.record_auth(outcome);
+        }
+        if let Some(limiter) = self.limiter {
+            self.metrics.record_limited(limiter);
+        }
+        let record = AccessRecord {
             time: timestamp(self.wall),
             request_id: self.request_id.clone(),
             client_ip: self.client_ip,
@@ -117,7 +146,7 @@ impl RequestLog {
             tls: self.tls,
             status: self.status,
             upstream_status: self.upstream_status,
-            latency_ms: (self.started.elapsed().as_micros() as f64) / 1000.0,
+            latency_ms: (latency.as_micros() as f64) / 1000.0,
             bytes_in: self.body_stats.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed)),
             bytes_out: self.bytes_out,
             route: self.route.take(),
@@ -126,20 +155,19 @@ impl RequestLog {
             auth: self.auth,
             doctype: self.doctype.take(),
             rpc: self.rpc.take(),
-            decision: if self.status == CLIENT_CLOSED { "client_closed" } else { self.decision },
+            decision: self.decision,
             reason: self.reason.take(),
-        }
+        };
+        self.sink.log(&record);
     }
 }
 
+/// The guard for cancelled requests: a request that ended normally was written by `finish`.
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        let record = self.record();
-        self.metrics.record_request(record.decision, record.status, self.started.elapsed());
-        if let Some(outcome) = record.auth {
-            self.metrics.record_auth(outcome);
+        if !self.written {
+            self.write();
         }
-        self.sink.log(&record);
     }
 }
 

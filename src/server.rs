@@ -1,7 +1,7 @@
 //! Listeners: bind (returning the real addresses, so tests can bind port 0), the accept loop
 //! with its connection cap, TLS handshakes, HTTP/1.1 + HTTP/2 serving, graceful drain.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ServerConfig;
 use crate::pipeline::{self, ConnInfo};
 use crate::request_log::RequestLog;
-use crate::state::AppState;
+use crate::state::Shared;
 
 /// `true` once shutdown has begun.
 pub type ShutdownSignal = watch::Receiver<bool>;
@@ -57,27 +57,23 @@ pub fn bind_workers(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::Tc
 /// `max_connections` permits: at the cap, further clients wait in the kernel's accept queue.
 pub async fn serve_proxy(
     listener: TcpListener,
-    state: Arc<AppState>,
+    state: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     slots: Arc<Semaphore>,
     worker: usize,
     mut shutdown: ShutdownSignal,
 ) {
-    let server = &state.config.server;
-    let http = Arc::new(http_builder(server));
+    let server = state.runtime().config.server.clone();
+    let listener_ctx = Arc::new(ProxyListener {
+        http: http_builder(&server),
+        header_read_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+        state,
+        tls,
+        worker,
+    });
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the loop goes on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+        let Some((stream, peer)) = accept(&listener, &mut shutdown).await else { break };
         // Accept first, then wait for a slot: with SO_REUSEPORT the kernel has already
         // chosen this worker for the connection, so a worker waiting for a slot *before*
         // accepting could hold the freed slot while the waiting client sits in another
@@ -86,14 +82,34 @@ pub async fn serve_proxy(
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = shutdown.changed() => break,
         };
-        let (state, tls, http, shutdown) = (state.clone(), tls.clone(), http.clone(), shutdown.clone());
+        let (listener_ctx, shutdown) = (listener_ctx.clone(), shutdown.clone());
         tokio::spawn(async move {
-            serve_connection(stream, peer, worker, state, tls, http, shutdown).await;
+            serve_connection(stream, peer, &listener_ctx, shutdown).await;
             drop(permit);
         });
     }
     drop(listener);
     drain(&slots, server.max_connections, server.shutdown_grace).await;
+}
+
+/// The next connection, or `None` once shutdown begins. Accept errors (EMFILE and friends)
+/// are logged and retried after a pause instead of spinning; the loop goes on.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut ShutdownSignal,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => return Some(conn),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
 }
 
 /// Waits until every connection has returned its slot, or the grace period ends.
@@ -127,27 +143,36 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What every connection of one proxy worker shares.
+struct ProxyListener {
+    state: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    http: auto::Builder<TokioExecutor>,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    worker: usize,
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    worker: usize,
-    state: Arc<AppState>,
-    tls: Option<TlsAcceptor>,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    listener: &ProxyListener,
     shutdown: ShutdownSignal,
 ) {
     let _ = stream.set_nodelay(true);
-    let peer_ip = canonical_ip(peer.ip());
-    let Some(tls) = tls else {
+    // IPv4-mapped IPv6 peers (dual-stack sockets) are the IPv4 address they carry.
+    let peer_ip = peer.ip().to_canonical();
+    let worker = listener.worker;
+    let Some(tls) = &listener.tls else {
         let info = Arc::new(ConnInfo { peer: peer_ip, tls: None, worker });
-        return serve_io(stream, info, state, http, shutdown).await;
+        return serve_io(stream, info, listener, shutdown).await;
     };
-    let handshake = tokio::time::timeout(state.config.server.header_read_timeout, tls.accept(stream));
+    let handshake = tokio::time::timeout(listener.header_read_timeout, tls.accept(stream));
     match handshake.await {
         Ok(Ok(stream)) => {
             let version = crate::tls::version_name(stream.get_ref().1.protocol_version());
             let info = Arc::new(ConnInfo { peer: peer_ip, tls: version, worker });
-            serve_io(stream, info, state, http, shutdown).await;
+            serve_io(stream, info, listener, shutdown).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -156,17 +181,11 @@ async fn serve_connection(
 
 /// Serves one connection until it closes, it has been silent for `idle_timeout`, or
 /// shutdown begins; the last two close it gracefully (in-flight requests finish first).
-async fn serve_io<I>(
-    io: I,
-    info: Arc<ConnInfo>,
-    state: Arc<AppState>,
-    http: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: ShutdownSignal,
-) where
+async fn serve_io<I>(io: I, info: Arc<ConnInfo>, listener: &ProxyListener, mut shutdown: ShutdownSignal)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (idle_timeout, first_request_timeout) =
-        (state.config.server.idle_timeout, state.config.server.header_read_timeout);
+    let state = &listener.state;
     let (io, activity) = ActivityIo::new(io);
     let served = Arc::new(AtomicBool::new(false));
     let service = {
@@ -176,19 +195,19 @@ async fn serve_io<I>(
             pipeline::handle(state.clone(), info.clone(), req)
         })
     };
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = listener.http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
-        result = conn.as_mut() => return log_connection_end(&state, &info, result),
+        result = conn.as_mut() => return log_connection_end(state, &info, result),
         _ = shutdown.changed() => {}
-        _ = activity.idle_for(idle_timeout) => {}
+        _ = activity.idle_for(listener.idle_timeout) => {}
         // hyper's header timer starts only once it knows the protocol: a client that
         // connects and says nothing must not hold a connection slot for idle_timeout.
-        _ = first_request_overdue(&served, first_request_timeout) => {}
+        _ = first_request_overdue(&served, listener.header_read_timeout) => {}
     }
     conn.as_mut().graceful_shutdown();
     let result = conn.await;
-    log_connection_end(&state, &info, result);
+    log_connection_end(state, &info, result);
 }
 
 /// Resolves when no request has arrived `limit` after the connection started.
@@ -202,7 +221,7 @@ async fn first_request_overdue(served: &AtomicBool, limit: Duration) {
 /// A request head hyper rejected (too large, malformed) never reached the pipeline: it still
 /// gets its access-log line.
 fn log_connection_end(
-    state: &AppState,
+    state: &Shared,
     info: &ConnInfo,
     result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
 ) {
@@ -218,10 +237,16 @@ fn log_connection_end(
         }
         return;
     };
-    let request_id = state.request_ids.next();
-    let mut log =
-        RequestLog::unparsed(&state.access_log, &state.metrics, request_id, info.peer, status, reason);
-    log.tls = info.tls;
+    let obs = &state.obs;
+    RequestLog::unparsed(
+        &obs.access_log,
+        &obs.metrics,
+        obs.request_ids.next(),
+        info.peer,
+        info.tls,
+        status,
+        reason,
+    );
 }
 
 pin_project_lite::pin_project! {
@@ -313,14 +338,6 @@ impl<I: AsyncWrite> AsyncWrite for ActivityIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
-    }
-}
-
-/// IPv4-mapped IPv6 peers (dual-stack sockets) are treated as the IPv4 address they are.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 

@@ -342,11 +342,15 @@ async fn user_policies_and_session_stripping() {
 #[tokio::test]
 async fn metrics_and_readiness_report_authentication() {
     let s = setup(&[("frappe", "sync_interval = \"1s\"")], "").await;
+    // Keys verified before the first sync are verified again after it (see README).
+    s.gateway.wait_ready(Duration::from_secs(10)).await;
     let auth = token_header(KEY, SECRET);
     assert_eq!(s.status(&auth).await, 200);
     assert_eq!(s.status(&auth).await, 200);
     assert_eq!(s.status(&token_header(KEY, "000000000000000")).await, 401);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A request is counted when its access-log line is written.
+    let counted = s.gateway.wait_for_access_log(|l| l["status"] == 401, Duration::from_secs(5)).await;
+    assert!(counted.is_some(), "the refused request was logged");
     let metrics = http_client().get(format!("{}/metrics", s.gateway.admin_url())).send().await.unwrap();
     let text = metrics.text().await.unwrap();
     assert!(text.contains("gateway_auth_total{outcome=\"hit\"} 1"), "{text}");

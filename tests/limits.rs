@@ -389,7 +389,6 @@ async fn connections_over_max_wait_and_are_served_when_a_slot_frees() {
     let waited = tokio::time::timeout(Duration::from_millis(1500), &mut third).await;
     assert!(waited.is_err(), "the third connection was served while two were held: {waited:?}");
     assert!(frappe.requests().is_empty(), "the third request reached upstream early");
-    assert!(common::rss_kib(gateway.pid()).is_some(), "the gateway process died");
 
     drop(first);
     let status = tokio::time::timeout(Duration::from_secs(15), &mut third)

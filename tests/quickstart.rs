@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{log_message, FakeFrappe, Gateway};
+use common::{log_message, FakeFrappe, GatewayProcess};
 
 const SAMPLE: &str = include_str!("../gateway.toml");
 const USER: &str = "quickstart@example.com";
@@ -48,7 +48,7 @@ async fn sample_config_self_signs_and_curl_reaches_the_upstream() {
     frappe.set_password(USER, PASSWORD);
 
     // The gateway runs from the directory holding its config, which has no certs/ yet.
-    let gateway = Gateway::start(&sample_for(&frappe.url()), &[]).await;
+    let gateway = GatewayProcess::start(&sample_for(&frappe.url()), &[]).await;
     assert!(gateway.is_tls(), "the sample serves TLS");
     let dir = gateway.config_path().parent().expect("config dir").to_path_buf();
     let cert = dir.join("certs/gateway.crt");

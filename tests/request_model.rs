@@ -48,14 +48,58 @@ fn token() -> String {
 struct Env {
     _frappe: FakeFrappe,
     upstream: DifferentialUpstream,
-    gateway: Gateway,
+    gateway: AnyGateway,
     certs: Certs,
+}
+
+/// In-process, except for the memory test: its gateway's RSS must be its own.
+enum AnyGateway {
+    InProcess(Gateway),
+    Process(GatewayProcess),
+}
+
+impl AnyGateway {
+    fn base_url(&self) -> String {
+        match self {
+            AnyGateway::InProcess(g) => g.base_url(),
+            AnyGateway::Process(g) => g.base_url(),
+        }
+    }
+
+    fn proxy_addr(&self) -> std::net::SocketAddr {
+        match self {
+            AnyGateway::InProcess(g) => g.proxy_addr(),
+            AnyGateway::Process(g) => g.proxy_addr(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            AnyGateway::InProcess(_) => panic!("an in-process gateway has no pid of its own"),
+            AnyGateway::Process(g) => g.pid(),
+        }
+    }
+
+    async fn wait_for_access_log(
+        &self,
+        predicate: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<Value> {
+        match self {
+            AnyGateway::InProcess(g) => g.wait_for_access_log(predicate, timeout).await,
+            AnyGateway::Process(g) => g.wait_for_access_log(predicate, timeout).await,
+        }
+    }
 }
 
 /// A TLS gateway whose upstream is the differential gunicorn (`workers` sync workers) and whose
 /// `[frappe] url` is the fake (it answers whoami for the test keys). `extra` holds routes and
 /// users; `lines` go into tables.
 async fn env_with(workers: usize, lines: &[(&str, &str)], extra: &str) -> Env {
+    env_as(false, workers, lines, extra).await
+}
+
+async fn env_as(process: bool, workers: usize, lines: &[(&str, &str)], extra: &str) -> Env {
     let frappe = FakeFrappe::start().await;
     frappe.add_user(USER, KEY, SECRET);
     frappe.add_user(OTHER_USER, OTHER_KEY, OTHER_SECRET);
@@ -69,7 +113,11 @@ async fn env_with(workers: usize, lines: &[(&str, &str)], extra: &str) -> Env {
     for (table, line) in lines {
         builder = builder.set(table, line);
     }
-    let gateway = Gateway::start(&builder.extra(extra).build(), &[]).await;
+    let config = builder.extra(extra).build();
+    let gateway = match process {
+        true => AnyGateway::Process(GatewayProcess::start(&config, &[]).await),
+        false => AnyGateway::InProcess(Gateway::start(&config, &[]).await),
+    };
     Env { _frappe: frappe, upstream, gateway, certs }
 }
 
@@ -244,7 +292,7 @@ impl Env {
 }
 
 /// Writes `wire` on a fresh TLS connection (ALPN http/1.1), reads the response until EOF.
-async fn raw_exchange(gateway: &Gateway, certs: &Certs, wire: &[u8]) -> std::io::Result<Seen> {
+async fn raw_exchange(gateway: &AnyGateway, certs: &Certs, wire: &[u8]) -> std::io::Result<Seen> {
     let mut tls = try_tls_connect(gateway.proxy_addr(), &certs.ca_pem, &["http/1.1"]).await?;
     tls.write_all(wire).await?;
     tls.flush().await?;
@@ -1039,7 +1087,7 @@ async fn a_non_frappe_upstream_gets_the_user_header_but_never_the_credentials() 
         .set("frappe", &format!("url = {}", toml_str(&frappe.url())))
         .extra(&reports)
         .build();
-    let gateway = Gateway::start(&config, &[]).await;
+    let gateway = AnyGateway::InProcess(Gateway::start(&config, &[]).await);
     let env = Env { _frappe: frappe, upstream, gateway, certs };
     let mut f = Failures::default();
     for proto in BOTH {
@@ -1099,7 +1147,7 @@ fn streamed_multipart(file_len: usize, after: &[(&str, &str)]) -> (String, u64, 
 /// completes upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_multipart_upload_streams_through() {
-    let env = env("").await;
+    let env = env_as(true, 4, &[], "").await;
     let mut f = Failures::default();
     let url = format!("{}/api/method/frappe.handler.upload_file", env.gateway.base_url());
     for (version, name) in [(HttpVersion::Http1Only, "HTTP/1.1"), (HttpVersion::Http2, "HTTP/2")] {

@@ -13,19 +13,21 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use common::{https_client, tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway, HttpVersion, Signal};
+use common::{
+    https_client, tls_connect, Certs, ConfigBuilder, FakeFrappe, GatewayProcess, HttpVersion, Signal,
+};
 
 const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 /// How long the in-flight request takes upstream.
 const SLOW_MS: u64 = 2000;
 
-async fn start_gateway(frappe: &FakeFrappe, certs: &Certs) -> Gateway {
+async fn start_gateway(frappe: &FakeFrappe, certs: &Certs) -> GatewayProcess {
     let config = ConfigBuilder::new(&frappe.url())
         .tls(certs)
         .set("server", "shutdown_grace = \"20s\"")
         .extra(PUBLIC_ROUTE)
         .build();
-    Gateway::start(&config, &[]).await
+    GatewayProcess::start(&config, &[]).await
 }
 
 /// Waits (bounded) until the fake has received a request on `path`.
@@ -51,7 +53,7 @@ async fn wait_until_refused(addr: SocketAddr, limit: Duration) -> Option<Duratio
 
 /// An HTTP/1.1 keep-alive connection that has served one request and now sits idle.
 async fn idle_keep_alive_connection(
-    gateway: &Gateway,
+    gateway: &GatewayProcess,
     certs: &Certs,
 ) -> (hyper::client::conn::http1::SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<hyper::Result<()>>) {
     let tls = tls_connect(gateway.proxy_addr(), &certs.ca_pem, &["http/1.1"]).await;

@@ -12,7 +12,9 @@ use futures_util::{stream, StreamExt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use common::{https_client, rss_kib, Certs, ConfigBuilder, FakeFrappe, Gateway, HttpVersion, RssSampler};
+use common::{
+    https_client, rss_kib, Certs, ConfigBuilder, FakeFrappe, GatewayProcess, HttpVersion, RssSampler,
+};
 
 const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 const MIB: u64 = 1024 * 1024;
@@ -99,7 +101,8 @@ async fn streams_through_with_flat_memory(version: HttpVersion, expected: reqwes
         .set("server", &format!("max_body_bytes = {}", 64 * MIB))
         .extra(PUBLIC_ROUTE)
         .build();
-    let gateway = Gateway::start(&config, &[]).await;
+    // Its own process, so its memory is measured apart from the test's.
+    let gateway = GatewayProcess::start(&config, &[]).await;
     let client = https_client(&certs.ca_pem, version);
     let base = gateway.base_url();
 

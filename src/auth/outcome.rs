@@ -11,6 +11,7 @@ use http::HeaderValue;
 use super::budget::OverBudget;
 use super::directory::SyncedUser;
 use crate::error::{ErrorKind, GatewayError};
+use crate::outcome::AuthOutcome;
 
 /// Asks Frappe whose credentials an `Authorization` header carries (`FrappeClient` in
 /// production, fakes in tests).
@@ -54,12 +55,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// For the access log: `hit`, `miss-verified`, `stale`.
-    pub fn as_str(self) -> &'static str {
+    /// For the access log and metrics.
+    pub(crate) fn outcome(self) -> AuthOutcome {
         match self {
-            Outcome::Hit => "hit",
-            Outcome::MissVerified => "miss-verified",
-            Outcome::Stale => "stale",
+            Outcome::Hit => AuthOutcome::Hit,
+            Outcome::MissVerified => AuthOutcome::MissVerified,
+            Outcome::Stale => AuthOutcome::Stale,
         }
     }
 }
@@ -94,15 +95,15 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// For the access log: `rejected`, `negative-hit`, `disabled`, `unavailable`, `over-budget`.
-    pub fn as_str(&self) -> &'static str {
+    /// For the access log and metrics.
+    pub(crate) fn outcome(&self) -> AuthOutcome {
         match self {
-            Rejection::WrongCredentials => "rejected",
-            Rejection::NegativeHit => "negative-hit",
-            Rejection::Disabled => "disabled",
-            Rejection::Unavailable(_) => "unavailable",
-            Rejection::OverBudget(_) => "over-budget",
-            Rejection::Administrator => "administrator",
+            Rejection::WrongCredentials => AuthOutcome::Rejected,
+            Rejection::NegativeHit => AuthOutcome::NegativeHit,
+            Rejection::Disabled => AuthOutcome::Disabled,
+            Rejection::Unavailable(_) => AuthOutcome::Unavailable,
+            Rejection::OverBudget(_) => AuthOutcome::OverBudget,
+            Rejection::Administrator => AuthOutcome::Administrator,
         }
     }
 
@@ -151,7 +152,7 @@ impl Rejection {
             Rejection::Administrator => {
                 "Administrator's credentials are refused (auth.allow_administrator = false)".into()
             }
-            other => other.as_str().into(),
+            other => other.outcome().as_str().into(),
         }
     }
 }

@@ -103,7 +103,7 @@ pub fn spawn_sync(
     status: Arc<SyncStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
+    crate::spawn(async move {
         // Said once, so nobody mistakes the missing Administrator for a sync problem.
         tracing::info!(
             "credential sync: Frappe hides {} from the sync user's User list; {}",

@@ -230,6 +230,7 @@ impl FakeFrappe {
 
     /// An OAuth bearer token that authenticates as `user`.
     pub fn add_bearer(&self, token: &str, user: &str) {
+        super::secrets::remember(token);
         let mut state = self.shared.state();
         state.bearers.insert(token.to_string(), user.to_string());
     }

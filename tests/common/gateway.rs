@@ -1,18 +1,17 @@
-//! The real `frappe-gateway` binary as a child process: config written to a temp file,
-//! stdout/stderr captured (and copied to a per-test log file under
-//! `$TMPDIR/frappe-gateway-test-logs/` so a final test can scan every log for secrets),
-//! readiness read from the log, signals, exit. Dropping a [`Gateway`] kills the process.
+//! The real `frappe-gateway` binary as a child process, for the tests of the binary itself
+//! (quick start, exit codes, signals, config errors): config written to a temp file,
+//! stdout/stderr captured, readiness read from the log, signals, exit. Dropping a
+//! [`GatewayProcess`] kills the process and checks its output for secrets. Everything else
+//! runs the gateway in-process ([`super::in_process::Gateway`]).
 //!
 //! Contract with the binary: it logs JSON lines to stderr and, once bound, emits one whose
 //! `message` is `"listening"` with string fields `proxy_addr` and `admin_addr` (and a boolean
 //! `tls`). Fields are looked up at the top level first, then under `fields` (tracing's JSON
 //! layout without `flatten_event`).
 
-use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +46,7 @@ impl Signal {
     }
 }
 
-/// Why [`Gateway::try_start`] gave up; `Display` shows the captured output.
+/// Why [`GatewayProcess::try_start`] gave up; `Display` shows the captured output.
 #[derive(Debug)]
 pub struct StartFailure {
     pub reason: String,
@@ -66,7 +65,7 @@ impl std::fmt::Display for StartFailure {
     }
 }
 
-pub struct Gateway {
+pub struct GatewayProcess {
     child: Child,
     exit: Option<ExitStatus>,
     output: Arc<Output>,
@@ -74,34 +73,33 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     tls: bool,
     config_path: PathBuf,
-    log_path: PathBuf,
     _config_dir: TempDir,
 }
 
-impl Gateway {
+impl GatewayProcess {
     /// Write `config_toml` to a temp file, run `frappe-gateway --config <file>` from that temp
     /// dir with `envs` added to the environment (see [`spawn`] for what is removed), and wait (async, up to 15 s) for the "listening" line.
     /// Async because the fake Frappe usually runs on the same tokio runtime and must keep
     /// serving while the gateway starts. Panics with the captured output on failure.
-    pub async fn start(config_toml: &str, envs: &[(&str, &str)]) -> Gateway {
-        match Gateway::try_start(config_toml, envs).await {
+    pub async fn start(config_toml: &str, envs: &[(&str, &str)]) -> GatewayProcess {
+        match GatewayProcess::try_start(config_toml, envs).await {
             Ok(gateway) => gateway,
             Err(failure) => panic!("gateway did not start: {failure}"),
         }
     }
 
-    pub async fn try_start(config_toml: &str, envs: &[(&str, &str)]) -> Result<Gateway, StartFailure> {
-        Gateway::try_start_program(GATEWAY_BIN, &[], config_toml, envs).await
+    pub async fn try_start(config_toml: &str, envs: &[(&str, &str)]) -> Result<GatewayProcess, StartFailure> {
+        GatewayProcess::try_start_program(GATEWAY_BIN, &[], config_toml, envs).await
     }
 
-    /// Like [`Gateway::try_start`] with another program (a stand-in in harness tests):
+    /// Like [`GatewayProcess::try_start`] with another program (a stand-in in harness tests):
     /// runs `program pre_args... --config <file>`.
     pub async fn try_start_program(
         program: &str,
         pre_args: &[&str],
         config_toml: &str,
         envs: &[(&str, &str)],
-    ) -> Result<Gateway, StartFailure> {
+    ) -> Result<GatewayProcess, StartFailure> {
         let config_dir =
             tempfile::Builder::new().prefix("frappe-gateway-config-").tempdir().expect("config temp dir");
         let config_path = config_dir.path().join("gateway.toml");
@@ -109,7 +107,7 @@ impl Gateway {
         let mut args: Vec<String> = pre_args.iter().map(|a| a.to_string()).collect();
         args.push("--config".into());
         args.push(config_path.to_string_lossy().into_owned());
-        let (mut child, output, log_path) = spawn(program, &args, envs, config_dir.path());
+        let (mut child, output) = spawn(program, &args, envs, config_dir.path());
 
         let ready = output.wait_until(find_listening, READY_TIMEOUT).await;
         let Some((proxy_addr, admin_addr, tls)) = ready else {
@@ -122,7 +120,7 @@ impl Gateway {
                 stderr: output.text(Stream::Stderr),
             });
         };
-        Ok(Gateway {
+        Ok(GatewayProcess {
             child,
             exit: None,
             output,
@@ -130,7 +128,6 @@ impl Gateway {
             admin_addr,
             tls: tls.unwrap_or_else(|| config_toml.contains("tls_cert")),
             config_path,
-            log_path,
             _config_dir: config_dir,
         })
     }
@@ -141,7 +138,7 @@ impl Gateway {
     pub fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String, String) {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let cwd = tempfile::tempdir().expect("working dir");
-        let (mut child, output, _log) = spawn(GATEWAY_BIN, &args, envs, cwd.path());
+        let (mut child, output) = spawn(GATEWAY_BIN, &args, envs, cwd.path());
         let closed = output.wait_until_blocking(|lines| (lines.open_streams == 0).then_some(()), RUN_TIMEOUT);
         if closed.is_none() {
             let _ = child.kill();
@@ -192,11 +189,6 @@ impl Gateway {
     /// Replace the config file (then `send_signal(Signal::Hup)` to reload).
     pub fn write_config(&self, config_toml: &str) {
         std::fs::write(&self.config_path, config_toml).expect("rewrite gateway.toml");
-    }
-
-    /// This process's copy of its stdout + stderr lines.
-    pub fn log_file(&self) -> &Path {
-        &self.log_path
     }
 
     pub fn stdout_text(&self) -> String {
@@ -267,19 +259,28 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
+impl Drop for GatewayProcess {
     fn drop(&mut self) {
         if self.exit.is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if std::thread::panicking() {
+            return;
+        }
+        let text = format!("{}{}", self.stdout_text(), self.stderr_text());
+        let leaks = super::secrets::leaks(&text);
+        assert!(leaks.is_empty(), "secrets in the gateway's output: {leaks:?}\n{text}");
     }
 }
 
 /// Start `program` in `cwd` (a temp dir, so relative paths such as a self-signed cert never
 /// land in the repository) with a hermetic environment: the developer's `GATEWAY_*` and
 /// `RUST_LOG` variables are removed, then `envs` added.
-fn spawn(program: &str, args: &[String], envs: &[(&str, &str)], cwd: &Path) -> (Child, Arc<Output>, PathBuf) {
+fn spawn(program: &str, args: &[String], envs: &[(&str, &str)], cwd: &Path) -> (Child, Arc<Output>) {
+    for (_, value) in envs {
+        super::secrets::remember(value);
+    }
     let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         let name_str = name.to_string_lossy();
@@ -296,62 +297,12 @@ fn spawn(program: &str, args: &[String], envs: &[(&str, &str)], cwd: &Path) -> (
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-    let log_path = new_log_path();
-    let log = OpenOptions::new().create(true).append(true).open(&log_path).ok();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    (child, Output::capture(stdout, stderr, log), log_path)
+    (child, Output::capture(stdout, stderr, None))
 }
 
-/// Directory holding every gateway run's output (kept after the tests, for scanning).
-/// Files older than a day are pruned once per test process so the directory stays small.
-pub fn test_log_dir() -> PathBuf {
-    static PRUNE: std::sync::Once = std::sync::Once::new();
-    let dir = std::env::temp_dir().join("frappe-gateway-test-logs");
-    std::fs::create_dir_all(&dir).expect("create test log dir");
-    PRUNE.call_once(|| prune_old_logs(&dir, Duration::from_secs(24 * 3600)));
-    dir
-}
-
-fn prune_old_logs(dir: &Path, max_age: Duration) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        if age.is_some_and(|age| age > max_age) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-/// Every log file in [`test_log_dir`].
-pub fn all_test_logs() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(test_log_dir())
-        .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
-/// `<test crate>-<test name>-<pid>-<n>.log`: libtest names each test's thread after the test.
-fn new_log_path() -> PathBuf {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let thread = std::thread::current();
-    let test: String = thread
-        .name()
-        .unwrap_or("unnamed")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' })
-        .collect();
-    let file = format!(
-        "{}-{test}-{}-{}.log",
-        env!("CARGO_CRATE_NAME"),
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    );
-    test_log_dir().join(file)
-}
-
-fn parse_line(line: &str) -> Value {
+pub(crate) fn parse_line(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|_| Value::String(line.to_string()))
 }
 

@@ -1,5 +1,5 @@
 //! Shared integration-test harness: a fake Frappe upstream, test certificates, the gateway
-//! process, HTTP clients and a few process helpers. Every test file does `mod common;`.
+//! in-process (or as a process, for tests of the binary), HTTP clients, secret checks. Every test file does `mod common;`.
 //!
 //! Everything binds 127.0.0.1 port 0 and is torn down on `Drop`, so tests run in parallel.
 #![allow(dead_code)]
@@ -10,7 +10,9 @@ pub mod config;
 pub mod differential;
 pub mod fake_frappe;
 pub mod gateway;
+pub mod in_process;
 pub mod process;
+pub mod secrets;
 pub mod transcript;
 
 #[allow(unused_imports)] // each test crate uses a different subset
@@ -30,9 +32,10 @@ pub use fake_frappe::{
 };
 #[allow(unused_imports)]
 pub use gateway::{
-    all_test_logs, log_field, log_message, read_json_lines, test_log_dir, write_temp_config, Gateway, Signal,
-    StartFailure,
+    log_field, log_message, read_json_lines, write_temp_config, GatewayProcess, Signal, StartFailure,
 };
+#[allow(unused_imports)]
+pub use in_process::Gateway;
 #[allow(unused_imports)]
 pub use process::{rss_kib, RssSampler};
 
@@ -47,4 +50,14 @@ pub fn token_header(api_key: &str, api_secret: &str) -> String {
 pub fn basic_header(api_key: &str, api_secret: &str) -> String {
     let raw = format!("{api_key}:{api_secret}");
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+}
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`. For
+/// state the test cannot be told about (counters of the fake, a file); never a fixed sleep.
+pub async fn eventually(what: &str, timeout: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -457,8 +457,8 @@ async fn nothing_secret_in_debug_or_messages() {
         assert_eq!(r.error_kind(), ErrorKind::Unauthorized);
         assert!(!r.message().contains(SECRET));
     }
-    assert_eq!(Rejection::Unavailable("x".into()).as_str(), "unavailable");
-    assert_eq!(Outcome::MissVerified.as_str(), "miss-verified");
+    assert_eq!(Rejection::Unavailable("x".into()).outcome().as_str(), "unavailable");
+    assert_eq!(Outcome::MissVerified.outcome().as_str(), "miss-verified");
 }
 
 #[tokio::test]
@@ -515,7 +515,7 @@ async fn a_full_budget_refuses_unknown_keys_only_and_caches_nothing() {
     until_calls(&fake, 2).await;
     let refused = auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap_err();
     assert_eq!(refused, Rejection::OverBudget(OverBudget::Concurrency { limit: 1 }));
-    assert_eq!((refused.error_kind(), refused.as_str()), (ErrorKind::Unavailable, "over-budget"));
+    assert_eq!((refused.error_kind(), refused.outcome().as_str()), (ErrorKind::Unavailable, "over-budget"));
     assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
     assert!(!refused.counts_as_failure(), "never a failed authentication");
     assert!(refused.reason().contains("frappe.max_verify_concurrency"), "{}", refused.reason());
@@ -610,7 +610,10 @@ async fn administrator_is_refused_by_default_and_cached_as_refused() {
     for _ in 0..5 {
         let refused = auth(&store, &header(ADMIN_KEY, SECRET)).await.unwrap_err();
         assert_eq!(refused, Rejection::Administrator);
-        assert_eq!((refused.error_kind(), refused.as_str()), (ErrorKind::Forbidden, "administrator"));
+        assert_eq!(
+            (refused.error_kind(), refused.outcome().as_str()),
+            (ErrorKind::Forbidden, "administrator")
+        );
         assert!(!refused.counts_as_failure(), "valid credentials barred by policy are no failed login");
         assert!(refused.reason().contains("auth.allow_administrator"), "{}", refused.reason());
     }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use crate::config::{Rate, RateLimitBackend, RateLimitConfig};
+use crate::error::ceil_secs;
 
 pub use self::batch::{BatchOutcome, LimitCheck};
 pub use self::local::LocalLimiter;
@@ -161,10 +162,6 @@ impl Decision {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
     }
-}
-
-fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// A monotonic time source for the local limiter and lockouts; swap in a [`ManualClock`] in tests.

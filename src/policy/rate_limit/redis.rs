@@ -213,7 +213,7 @@ impl RedisLink {
             return;
         }
         let link = self.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             if let Ok(Ok(manager)) = tokio::time::timeout(link.connect_budget(), link.new_manager()).await {
                 link.conn.store(Some(Arc::new(manager)));
             }
@@ -558,7 +558,7 @@ pub(crate) mod tests {
 
         fn serve(&mut self, listener: TcpListener) {
             let target = self.target.clone();
-            self.task = Some(tokio::spawn(async move {
+            self.task = Some(crate::spawn(async move {
                 let mut pipes = tokio::task::JoinSet::new();
                 while let Ok((mut client, _)) = listener.accept().await {
                     let target = target.clone();

@@ -64,7 +64,7 @@ impl RevocationBus {
     {
         let client = self.link.client().clone();
         let id = self.instance_id.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let mut stop = stop;
             tokio::select! {
                 _ = stop.wait_for(|stopped| *stopped) => {}

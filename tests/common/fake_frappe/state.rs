@@ -140,6 +140,7 @@ impl State {
             let stamp = self.clock.stamp();
             self.users.push(User::new(name, "System User", stamp));
         }
+        crate::common::secrets::remember(api_secret);
         let (key, secret) = (api_key.to_string(), api_secret.to_string());
         self.mutate_user(name, move |u| {
             u.api_key = Some(key);
@@ -149,6 +150,7 @@ impl State {
 
     pub fn regenerate_secret(&mut self, name: &str) -> String {
         let secret = random_hex(15);
+        crate::common::secrets::remember(&secret);
         let new_secret = secret.clone();
         self.mutate_user(name, move |u| {
             u.api_key.get_or_insert_with(|| random_hex(15));

@@ -1,0 +1,122 @@
+//! Authorization: turns the judged route and the credentials into an [`Admission`], the only
+//! thing [`forward`](super::forward::forward) accepts.
+
+use std::sync::Arc;
+
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::request::Parts;
+
+use super::context::Ctx;
+use super::limits;
+use super::pre_auth::route_denied;
+use crate::auth;
+use crate::config::AuthMode;
+use crate::error::GatewayError;
+use crate::outcome::AuthOutcome;
+use crate::routes::{RouteEntry, RouteMatch};
+
+/// How a request was let through.
+pub(crate) enum Admission {
+    /// A `public` route: forwarded as the client sent it (Frappe checks sessions itself).
+    Public,
+    /// A CORS preflight: carries no credentials, so none go upstream, and no body.
+    Preflight,
+    /// A `token` route: the user the gateway vouches for in the trusted user header.
+    Authenticated(auth::Admitted),
+}
+
+/// On a token route, the credentials are checked before the body is read, so a client
+/// without valid ones never gets to send one.
+pub(super) async fn credentials_for(
+    ctx: &mut Ctx<'_>,
+    sent: &RouteEntry,
+    head: &Parts,
+    preflight: bool,
+) -> Result<Option<auth::Admitted>, GatewayError> {
+    if sent.auth != AuthMode::Token || preflight {
+        return Ok(None);
+    }
+    authenticate(ctx, head).await.map(Some)
+}
+
+/// The admission for the judged route; `early` is what [`credentials_for`] found.
+pub(super) async fn admit(
+    ctx: &mut Ctx<'_>,
+    routes: &RouteMatch<'_>,
+    head: &Parts,
+    preflight: bool,
+    early: Option<auth::Admitted>,
+) -> Result<Admission, GatewayError> {
+    Ok(match routes.judged.auth {
+        _ if preflight => Admission::Preflight,
+        AuthMode::Public => Admission::Public,
+        AuthMode::Deny => return Err(route_denied(routes.judged)),
+        AuthMode::Token => match early {
+            Some(admitted) => Admission::Authenticated(admitted),
+            // The body made a public path run a token call (a `cmd`).
+            None => Admission::Authenticated(authenticate(ctx, head).await?),
+        },
+    })
+}
+
+/// Checks the credentials (after the failed-auth lockout); returns who they belong to.
+async fn authenticate(ctx: &mut Ctx<'_>, head: &Parts) -> Result<auth::Admitted, GatewayError> {
+    limits::check_lockout(ctx).await?;
+    let admitted = verify(ctx, head.headers.get(AUTHORIZATION)).await?;
+    ctx.log.auth = Some(admitted.outcome.outcome());
+    ctx.log.user = Some(admitted.user.clone());
+    ctx.log.api_key = Some(match ctx.rt.full_api_key {
+        true => admitted.api_key.clone(),
+        false => Arc::from(short_key(&admitted.api_key)),
+    });
+    Ok(admitted)
+}
+
+/// Parses the header and asks the credential store. Wrong and malformed credentials count
+/// towards the failed-auth lockout; "cannot verify now" (Frappe unreachable, verification
+/// budget spent) does not: it is not the client's fault.
+async fn verify(ctx: &mut Ctx<'_>, header: Option<&HeaderValue>) -> Result<auth::Admitted, GatewayError> {
+    let (err, counts) = match auth::parse(header) {
+        Ok(credential) => {
+            let raw = header.expect("parsed credentials come from a header");
+            match ctx.shared.auth.store.authenticate(&credential, raw).await {
+                Ok(admitted) => return Ok(admitted),
+                Err(rejection) => {
+                    ctx.log.auth = Some(rejection.outcome());
+                    let counts = rejection.counts_as_failure();
+                    (GatewayError::from(rejection), counts)
+                }
+            }
+        }
+        Err(auth::HeaderError::Missing) => (GatewayError::from(auth::HeaderError::Missing), false),
+        Err(malformed) => {
+            ctx.log.auth = Some(AuthOutcome::Rejected);
+            (GatewayError::from(malformed), true)
+        }
+    };
+    Err(match counts {
+        true => limits::record_failure(ctx, err).await,
+        false => err,
+    })
+}
+
+/// `0a1b…#5f3c9e21`: enough to tell keys apart in a log, not enough to use one.
+fn short_key(api_key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(api_key.as_bytes());
+    let prefix: String = api_key.chars().take(4).collect();
+    format!("{prefix}…#{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_key_keeps_four_characters_and_a_fingerprint() {
+        let short = short_key("0123456789abcdef");
+        assert!(short.starts_with("0123…#"), "{short}");
+        assert_eq!(short.chars().count(), "0123…#".chars().count() + 8);
+        assert_ne!(short_key("0123456789abcdef"), short_key("0123456789abcdeX"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Per-request state carried through the pipeline, from [`Ctx::begin`] to [`Ctx::finish`].
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::frappe_request::Call;
+use crate::outcome::AuthOutcome;
+use crate::policy::Decision as LimitDecision;
+use crate::proxy::X_REQUEST_ID;
+use crate::request_log::RequestLog;
+use crate::routes::RouteEntry;
+use crate::runtime::Runtime;
+use crate::state::Shared;
+
+/// Facts about the client connection a request arrived on.
+pub(crate) struct ConnInfo {
+    pub(crate) peer: IpAddr,
+    pub(crate) tls: Option<&'static str>,
+    /// The proxy worker serving the connection (selects its upstream pool).
+    pub(crate) worker: usize,
+}
+
+/// See the module docs.
+pub(super) struct Ctx<'a> {
+    pub(super) shared: &'a Shared,
+    /// The runtime configuration this request started with.
+    pub(super) rt: &'a Runtime,
+    pub(super) log: RequestLog,
+    pub(super) request_id: HeaderValue,
+    /// The tightest rate-limit decision so far, echoed in `RateLimit-*` headers.
+    rate: Option<LimitDecision>,
+    pub(super) worker: usize,
+}
+
+impl<'a> Ctx<'a> {
+    pub(super) fn begin<B>(shared: &'a Shared, rt: &'a Runtime, conn: &ConnInfo, req: &Request<B>) -> Self {
+        let client_ip = rt.client_ip.resolve(conn.peer, req.headers().get_all("x-forwarded-for"));
+        let (request_id, request_id_header) = request_id(shared, rt, conn.peer, req);
+        let obs = &shared.obs;
+        let mut log = RequestLog::begin(&obs.access_log, &obs.metrics, req, request_id, client_ip);
+        log.tls = conn.tls;
+        Ctx { shared, rt, log, request_id: request_id_header, rate: None, worker: conn.worker }
+    }
+
+    pub(super) fn client_ip(&self) -> IpAddr {
+        self.log.client_ip
+    }
+
+    pub(super) fn note_rate(&mut self, decision: LimitDecision) {
+        self.rate = Some(self.rate.map_or(decision, |d| d.tighter(decision)));
+    }
+
+    /// The call Frappe will run and the route judging it, for the access log.
+    pub(super) fn note_call(&mut self, route: &RouteEntry, call: &Call) {
+        self.log.route = Some(route.path.clone());
+        self.log.doctype = call.doctype().map(str::to_string);
+        self.log.rpc = call.rpc().map(Cow::into_owned);
+    }
+
+    /// The one exit: the response (a refusal becomes Frappe's error JSON), with the request id
+    /// and `RateLimit-*` headers; the access-log entry goes with the body, which writes it
+    /// once the response is complete.
+    pub(super) fn finish(
+        self,
+        outcome: Result<Response<ResponseBody>, GatewayError>,
+    ) -> Response<ResponseBody> {
+        let Ctx { mut log, request_id, rate, .. } = self;
+        let mut response = match outcome {
+            Ok(response) => response,
+            Err(err) => {
+                log_refusal(&log, &err);
+                log.refused(&err);
+                err.to_response(&log.request_id)
+            }
+        };
+        if let Some(decision) = rate {
+            decision.write_headers(response.headers_mut());
+        }
+        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        log.status = response.status().as_u16();
+        response.body_mut().log_when_complete(log);
+        response
+    }
+}
+
+/// The request id: a trusted proxy's `X-Request-Id` is kept (so one id spans the chain),
+/// anyone else's is replaced.
+fn request_id<B>(shared: &Shared, rt: &Runtime, peer: IpAddr, req: &Request<B>) -> (Arc<str>, HeaderValue) {
+    let inherited = req
+        .headers()
+        .get(X_REQUEST_ID)
+        .filter(|_| rt.client_ip.is_trusted(peer))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    let id: Arc<str> = match inherited {
+        Some(id) => Arc::from(id),
+        None => shared.obs.request_ids.next(),
+    };
+    let header = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
+    (id, header)
+}
+
+/// One application-log line per refusal, at a level that matches who is at fault.
+fn log_refusal(log: &RequestLog, err: &GatewayError) {
+    let status = err.kind.status().as_u16();
+    // A flood of unknown keys over the verification budget would otherwise write one warning
+    // per request; the budget logs a summary instead and the access log has each reason.
+    let summarized = log.auth == Some(AuthOutcome::OverBudget);
+    if status >= 500 && !summarized {
+        tracing::warn!(request_id = %log.request_id, client_ip = %log.client_ip, status, reason = %err.reason, "request failed");
+    } else {
+        // The access-log line already carries the reason; this is for debugging sessions.
+        tracing::debug!(request_id = %log.request_id, client_ip = %log.client_ip, status, reason = %err.reason, "request refused");
+    }
+}

@@ -1,0 +1,59 @@
+//! The last phase: the request goes upstream as its [`Admission`] allows, and the answer
+//! streams back. It cannot be called without an admission.
+
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+
+use super::authorize::Admission;
+use super::context::Ctx;
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::frappe_request::FrappeRequest;
+use crate::proxy::{self, ForwardInfo};
+use crate::request_body::UpstreamBody;
+use crate::routes::RouteEntry;
+
+pub(super) async fn forward(
+    ctx: &mut Ctx<'_>,
+    route: &RouteEntry,
+    head: Parts,
+    body: UpstreamBody,
+    frappe: &FrappeRequest,
+    admission: Admission,
+) -> Result<Response<ResponseBody>, GatewayError> {
+    let target = &route.target;
+    // A public route to Frappe keeps the client's Authorization and cookies: Frappe checks
+    // them itself. Another backend gets only what the route opts into.
+    let (user, authorization, cookies) = match &admission {
+        Admission::Authenticated(admitted) => (Some(&*admitted.user), route.forward_authorization, false),
+        Admission::Public => (None, target.frappe || route.forward_authorization, true),
+        Admission::Preflight => (None, false, false),
+    };
+    let info = ForwardInfo {
+        base: &target.base,
+        host: &target.host,
+        site_name: target.site_name.as_ref(),
+        client_ip: ctx.client_ip(),
+        proto: ctx.rt.proto,
+        request_id: &ctx.request_id,
+        user: user.map(|u| (&ctx.rt.user_header, u)),
+        authorization,
+        cookies,
+        path_and_query: frappe.forward.as_deref(),
+    };
+    let mut req = Request::from_parts(head, body);
+    let client_upgrade =
+        proxy::is_upgrade(&req).then(|| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()).flatten();
+    proxy::prepare(&mut req, &info);
+    let stats = ctx.log.body_stats.clone().unwrap_or_default();
+    let mut upstream_response = ctx.shared.upstreams[ctx.worker].send(req, &stats).await?;
+    ctx.log.upstream_status = Some(upstream_response.status().as_u16());
+
+    if let Some(client_upgrade) = client_upgrade {
+        if upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            proxy::tunnel(client_upgrade, hyper::upgrade::on(&mut upstream_response));
+        }
+    }
+    proxy::prepare_response(&mut upstream_response);
+    Ok(upstream_response.map(ResponseBody::upstream))
+}

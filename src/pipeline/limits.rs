@@ -1,0 +1,93 @@
+//! The rate-limit phases: per-IP before any credential is looked at, the failed-auth lockout
+//! before credentials are checked, per-key once the key is known. Each picks its rate by
+//! precedence and echoes the tightest decision in the `RateLimit-*` headers.
+
+use std::time::Duration;
+
+use super::context::Ctx;
+use crate::config::Rate;
+use crate::error::GatewayError;
+use crate::outcome::Limiter;
+use crate::policy::Subject;
+use crate::routes::RouteEntry;
+use crate::runtime::UserRules;
+
+/// The per-IP limit, before any credential is looked at (so brute force never reaches Frappe).
+/// A route's own `per_ip` replaces the global one and counts in its own bucket.
+pub(super) async fn limit_ip(ctx: &mut Ctx<'_>, route: &RouteEntry) -> Result<(), GatewayError> {
+    let Some((scope, rate)) = ip_rate(route, ctx.rt.per_ip) else { return Ok(()) };
+    let subject = Subject::Ip(ctx.client_ip());
+    apply(ctx, scope, subject, &rate, Limiter::PerIp).await
+}
+
+/// The per-key limit: `[[user]] per_key`, else the route's, else the global one.
+pub(super) async fn limit_key(
+    ctx: &mut Ctx<'_>,
+    route: &RouteEntry,
+    rules: Option<&UserRules>,
+    api_key: &str,
+) -> Result<(), GatewayError> {
+    let Some((scope, rate)) = key_rate(route, rules, ctx.rt.per_key) else { return Ok(()) };
+    apply(ctx, scope, Subject::Key(api_key), &rate, Limiter::PerKey).await
+}
+
+/// 429 while the client's IP is locked out after too many failed authentications.
+pub(super) async fn check_lockout(ctx: &Ctx<'_>) -> Result<(), GatewayError> {
+    match ctx.shared.limits.failed_auth.locked(ctx.client_ip()).await {
+        Some(left) => Err(locked_out(left).with_reason("IP locked out after repeated failed authentication")),
+        None => Ok(()),
+    }
+}
+
+/// Counts a failed authentication; the refusal to send instead when it locks the IP out.
+pub(super) async fn record_failure(ctx: &Ctx<'_>, err: GatewayError) -> GatewayError {
+    match ctx.shared.limits.failed_auth.record_failure(ctx.client_ip()).await {
+        Some(lockout) => locked_out(lockout).with_reason(format!("{}; IP now locked out", err.reason)),
+        None => err,
+    }
+}
+
+fn locked_out(left: Duration) -> GatewayError {
+    GatewayError::rate_limited(
+        Limiter::Lockout,
+        "too many failed authentication attempts from this address",
+        Some(left),
+    )
+}
+
+fn ip_rate(route: &RouteEntry, global: Option<Rate>) -> Option<(&str, Rate)> {
+    match (route.per_ip, global) {
+        (Some(rate), _) => Some((&route.ip_scope, rate)),
+        (None, Some(rate)) => Some(("ip", rate)),
+        (None, None) => None,
+    }
+}
+
+fn key_rate<'r>(
+    route: &'r RouteEntry,
+    rules: Option<&UserRules>,
+    global: Option<Rate>,
+) -> Option<(&'r str, Rate)> {
+    match (rules.and_then(|r| r.policy.per_key), route.per_key, global) {
+        (Some(rate), _, _) => Some(("user-key", rate)),
+        (None, Some(rate), _) => Some((&route.key_scope, rate)),
+        (None, None, Some(rate)) => Some(("key", rate)),
+        (None, None, None) => None,
+    }
+}
+
+async fn apply(
+    ctx: &mut Ctx<'_>,
+    scope: &str,
+    subject: Subject<'_>,
+    rate: &Rate,
+    limiter: Limiter,
+) -> Result<(), GatewayError> {
+    let decision = ctx.shared.limits.limiter.check(scope, subject, rate).await;
+    ctx.note_rate(decision);
+    if decision.allowed {
+        return Ok(());
+    }
+    Err(GatewayError::rate_limited(limiter, "rate limit exceeded; retry later", decision.retry_after)
+        .with_reason(format!("{limiter} limit {rate} exceeded ({scope})")))
+}

@@ -1,0 +1,63 @@
+//! The whole request path, top to bottom, in security order. Each phase is a plain call that
+//! either passes (with a typed result) or returns the refusal:
+//!
+//! head hygiene and size limits → the Frappe request model (path) → route, IP policy, per-IP
+//! limit → credentials (after the failed-auth lockout) → body, judged where Frappe parses it →
+//! the routes of what Frappe will run → [`Admission`] → the user's policies → forward.
+//!
+//! [`handle`] is the one exit: [`Ctx::finish`] turns a refusal into a Frappe-shaped response,
+//! adds the request id and rate-limit headers, and hands the access-log entry to the response
+//! body, which writes it when the response is complete.
+
+mod authorize;
+mod context;
+mod forward;
+mod head;
+mod limits;
+mod post_auth;
+mod pre_auth;
+mod read_body;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::ResponseBody;
+use crate::error::GatewayError;
+use crate::state::Shared;
+
+pub(crate) use context::ConnInfo;
+use context::Ctx;
+
+/// Entry point for every request on the proxy listener.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    // This request's rules, to its end: a reload swaps in new ones for later requests.
+    let runtime = shared.runtime();
+    let mut ctx = Ctx::begin(&shared, &runtime, &conn, &req);
+    let outcome = process(&mut ctx, req).await;
+    Ok(ctx.finish(outcome))
+}
+
+/// The pipeline proper. The route of the path as sent is checked first (cheap refusals need
+/// no body); then the body is read where Frappe would parse it, the Frappe request model says
+/// what Frappe will run, and the routes of every spelling of that call are judged.
+async fn process(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<ResponseBody>, GatewayError> {
+    let (mut head, body) = req.into_parts();
+    let (mut frappe, declared) = head::admit(ctx, &mut head)?;
+    let sent = ctx.rt.routes.for_path(&frappe.path);
+    pre_auth::admit(ctx, sent, &frappe.call).await?;
+    let preflight = head::is_cors_preflight(&head);
+    let early = authorize::credentials_for(ctx, sent, &head, preflight).await?;
+    let body = read_body::read(ctx, &mut head, body, declared, sent, &mut frappe, preflight).await?;
+    let routes = ctx.rt.routes.for_request(&frappe);
+    pre_auth::admit_judged(ctx, &routes, &frappe.call)?;
+    let admission = authorize::admit(ctx, &routes, &head, preflight, early).await?;
+    post_auth::check(ctx, &routes, &head, &frappe, &admission).await?;
+    forward::forward(ctx, routes.sent, head, body, &frappe, admission).await
+}

@@ -1,0 +1,66 @@
+//! The body phase: the body is read where it must be judged or buffered, judged where Frappe
+//! parses it (its `form_dict` can name the call Frappe runs), and handed back ready to go
+//! upstream. Small bodies are read whole first, so no upstream connection waits on a slow client.
+
+use std::sync::Arc;
+
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::request::Parts;
+use hyper::body::Incoming;
+
+use super::context::Ctx;
+use crate::error::{ErrorKind, GatewayError};
+use crate::frappe_request::{body_kind, BodyKind, FormError, FrappeRequest, MultipartScan};
+use crate::request_body::{self, BodyStats, ReadBody, UpstreamBody};
+use crate::routes::RouteEntry;
+
+pub(super) async fn read(
+    ctx: &mut Ctx<'_>,
+    head: &mut Parts,
+    body: Incoming,
+    declared: Option<u64>,
+    route: &RouteEntry,
+    frappe: &mut FrappeRequest,
+    preflight: bool,
+) -> Result<UpstreamBody, GatewayError> {
+    let stats = Arc::new(BodyStats::default());
+    ctx.log.body_stats = Some(stats.clone());
+    if preflight {
+        head.headers.remove(CONTENT_LENGTH);
+        return Ok(UpstreamBody::empty(stats));
+    }
+    let kind = match route.target.frappe {
+        true => {
+            body_kind(head.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok())).map_err(form_refused)?
+        }
+        false => BodyKind::Opaque,
+    };
+    let limits = &ctx.rt.body_limits;
+    match request_body::read(body, declared, limits).await? {
+        ReadBody::Complete(bytes) => {
+            if route.target.frappe {
+                frappe.judge_body(&head.method, &head.uri, &kind, &bytes).map_err(form_refused)?;
+            }
+            head.headers.remove(TRANSFER_ENCODING);
+            if !bytes.is_empty() {
+                head.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            }
+            Ok(UpstreamBody::full(bytes, stats))
+        }
+        ReadBody::Partial { prefix, rest } => {
+            let scan = match kind {
+                BodyKind::Multipart { boundary } => Some(MultipartScan::new(&boundary)),
+                BodyKind::Opaque => None,
+                // Frappe would parse it whole: what cannot be judged is not forwarded.
+                BodyKind::Json | BodyKind::UrlEncoded => {
+                    return Err(request_body::too_large_to_judge(limits))
+                }
+            };
+            Ok(UpstreamBody::streamed(prefix, rest, limits, scan, stats))
+        }
+    }
+}
+
+fn form_refused(e: FormError) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, e.to_string()).with_reason(format!("body refused: {e}"))
+}
