@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::gateway::GATEWAY_BIN;
-use common::{http_client, rss_kib, Certs, ConfigBuilder, Gateway};
-use frappe_gateway::auth::{parse, CredentialStore, Verify, VerifyError};
+use common::{http_client, rss_kib, Certs, ConfigBuilder, GatewayProcess};
+use frappe_gateway::auth::{parse, CredentialStore, Outcome, Verify, VerifyError};
 use frappe_gateway::config::{AuthConfig, Rate};
 use frappe_gateway::policy::{LocalLimiter, Subject};
 use futures_util::future::BoxFuture;
@@ -85,7 +85,8 @@ async fn idle_gateway_rss_kib() -> u64 {
         .extra("[[route]]\npath = \"/api/\"\nauth = \"token\"\nallow = [\"127.0.0.0/8\"]\n")
         .build();
     let program = std::env::var("FGW_MEMORY_BIN").unwrap_or_else(|_| GATEWAY_BIN.to_owned());
-    let gateway = Gateway::try_start_program(&program, &[], &config, &[]).await.expect("gateway starts");
+    let gateway =
+        GatewayProcess::try_start_program(&program, &[], &config, &[]).await.expect("gateway starts");
     // Ready: it answers its health check.
     let health = http_client().get(format!("{}/healthz", gateway.admin_url())).send().await.unwrap();
     assert!(health.status().is_success());
@@ -115,12 +116,12 @@ async fn idle_rss_and_a_hundred_thousand_credentials() {
     let (bytes_before, allocs_before) = heap();
     for value in &headers {
         let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
-        assert_eq!(admitted.outcome.as_str(), "miss-verified");
+        assert_eq!(admitted.outcome, Outcome::MissVerified);
     }
     // Every one is cached: a second pass is all hits (and lets moka settle its bookkeeping).
     for value in headers.iter().step_by(97) {
         let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
-        assert_eq!(admitted.outcome.as_str(), "hit");
+        assert_eq!(admitted.outcome, Outcome::Hit);
     }
     let (bytes_after, allocs_after) = heap();
     let rss_after = rss_kib(std::process::id()).unwrap();
