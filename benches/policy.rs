@@ -1,4 +1,5 @@
-//! Policy hot paths: CIDR lookup with 10,000 rules, client-IP resolution, local rate limiting.
+//! Policy hot paths: CIDR lookup with 10,000 rules, client-IP resolution, local rate limiting
+//! (single checks and the batched lockout + per-IP + per-key check).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -6,10 +7,14 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use frappe_gateway::config::Rate;
-use frappe_gateway::policy::{ClientIpResolver, IpSet, LocalLimiter, RateLimiter, Subject};
+use frappe_gateway::policy::rate_limit::LimitCheck;
+use frappe_gateway::policy::{
+    ClientIpResolver, FailedAuthTracker, IpSet, LocalLimiter, RateLimiter, Subject,
+};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -86,5 +91,73 @@ fn rate_limit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, ip_set, client_ip, rate_limit);
+/// What a token request asks of the limiter: the lockout, then per-IP and per-key — as one
+/// batch and as the three sequential calls it replaces.
+fn rate_limit_batch(c: &mut Criterion) {
+    let rate = Rate { count: u32::MAX, per: Duration::from_secs(1), burst: u32::MAX };
+    let ip: IpAddr = "198.51.100.23".parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let limiter = Arc::new(RateLimiter::local());
+    let tracker = FailedAuthTracker::new(
+        limiter.clone(),
+        Some(Rate { count: 20, per: Duration::from_secs(60), burst: 20 }),
+        Duration::from_secs(600),
+    );
+    let checks = [
+        LimitCheck::new("ip", Subject::Ip(ip), rate),
+        LimitCheck::new("key", Subject::Key("abc123def456"), rate),
+    ];
+    c.bench_function("rate_limit/local_batch_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| tracker.check_batch(Some(black_box(ip)), black_box(&checks)))
+    });
+    c.bench_function("rate_limit/local_sequential_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let locked = tracker.locked(black_box(ip)).await;
+            let a = limiter.check("ip", Subject::Ip(black_box(ip)), &rate).await;
+            let k = limiter.check("key", Subject::Key(black_box("abc123def456")), &rate).await;
+            (locked, a, k)
+        })
+    });
+}
+
+/// The same against a real Redis when `FGW_BENCH_REDIS_URL` names one (skipped otherwise):
+/// one round trip per batch against three.
+fn redis_batch(c: &mut Criterion) {
+    let Ok(url) = std::env::var("FGW_BENCH_REDIS_URL") else {
+        eprintln!("skipping rate_limit/redis_*: set FGW_BENCH_REDIS_URL=redis://127.0.0.1:PORT");
+        return;
+    };
+    let rate = Rate { count: u32::MAX, per: Duration::from_secs(1), burst: u32::MAX };
+    let ip: IpAddr = "198.51.100.23".parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let limiter = runtime.block_on(async {
+        let clock = Arc::new(frappe_gateway::policy::MonotonicClock::new());
+        let redis =
+            frappe_gateway::policy::RedisLimiter::connect(&url, Duration::from_secs(1), clock).await.unwrap();
+        Arc::new(RateLimiter::Redis(redis))
+    });
+    let tracker = FailedAuthTracker::new(
+        limiter.clone(),
+        Some(Rate { count: 20, per: Duration::from_secs(60), burst: 20 }),
+        Duration::from_secs(600),
+    );
+    let checks = [
+        LimitCheck::new("ip", Subject::Ip(ip), rate),
+        LimitCheck::new("key", Subject::Key("bench-key"), rate),
+    ];
+    c.bench_function("rate_limit/redis_batch_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| tracker.check_batch(Some(black_box(ip)), black_box(&checks)))
+    });
+    c.bench_function("rate_limit/redis_sequential_lockout_ip_key", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let locked = tracker.locked(black_box(ip)).await;
+            let a = limiter.check("ip", Subject::Ip(black_box(ip)), &rate).await;
+            let k = limiter.check("key", Subject::Key(black_box("bench-key")), &rate).await;
+            (locked, a, k)
+        })
+    });
+    assert!(!limiter.is_degraded(), "Redis answered throughout");
+}
+
+criterion_group!(benches, ip_set, client_ip, rate_limit, rate_limit_batch, redis_batch);
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::batch::{BatchOutcome, LimitCheck};
 use super::gcra::Gcra;
 use super::{nanos, Clock, Decision, MonotonicClock, Subject, SubjectKey};
 use crate::config::Rate;
@@ -49,6 +50,26 @@ impl LocalLimiter {
 
     /// Counts one request and decides it. Never fails, never blocks on I/O.
     pub fn check(&self, scope: &str, subject: Subject<'_>, rate: &Rate) -> Decision {
+        self.check_at(scope, subject, rate, nanos(self.clock.now()))
+    }
+
+    /// Decides `checks` in order at one clock reading, stopping at the first refusal (see
+    /// [`batch`](super::batch) for the exact semantics). No I/O, no lock.
+    pub fn check_batch(&self, checks: &[LimitCheck<'_>]) -> BatchOutcome {
+        let mut outcome = BatchOutcome::for_checks(checks.len());
+        if checks.is_empty() {
+            return outcome;
+        }
+        let now = nanos(self.clock.now());
+        for c in checks {
+            if !outcome.push(self.check_at(c.scope, c.subject, &c.rate, now)) {
+                break;
+            }
+        }
+        outcome
+    }
+
+    fn check_at(&self, scope: &str, subject: Subject<'_>, rate: &Rate, now: u64) -> Decision {
         let subject = subject.canonical();
         let table = self.table(scope, rate);
         let cell = match table.get(&subject) {
@@ -56,7 +77,6 @@ impl LocalLimiter {
             None => table.get_with(subject.to_key(), Cell::default),
         };
         let gcra = Gcra::new(rate, Duration::from_nanos(1));
-        let now = nanos(self.clock.now());
         let mut tat = cell.load(Ordering::Acquire);
         loop {
             let (decision, new_tat) = gcra.decide(tat, now);
@@ -191,6 +211,51 @@ mod tests {
         // A key that spells an address is not that address.
         assert!(limiter.check("ip", Subject::Key("192.0.2.1"), &one).allowed);
         assert!(limiter.check("ip", Subject::Ip(ip), &per_min(5)).allowed);
+    }
+
+    #[test]
+    fn batch_equals_sequential_checks() {
+        let (clock_a, a) = limiter();
+        let (clock_b, b) = limiter();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let (ip_rate, key_rate) = (per_min(7), per_min(3));
+        let checks = [
+            LimitCheck::new("ip", Subject::Ip(ip), ip_rate),
+            LimitCheck::new("key", Subject::Key("k"), key_rate),
+        ];
+        for round in 0..40 {
+            if round % 9 == 8 {
+                clock_a.advance(Duration::from_millis(15_000));
+                clock_b.advance(Duration::from_millis(15_000));
+            }
+            let batch = a.check_batch(&checks);
+            let mut sequential = BatchOutcome::for_checks(2);
+            for c in &checks {
+                if !sequential.push(b.check(c.scope, c.subject, &c.rate)) {
+                    break;
+                }
+            }
+            assert_eq!(batch, sequential, "round {round}");
+        }
+    }
+
+    #[test]
+    fn batch_stops_at_the_first_refusal_and_charges_nothing_after_it() {
+        let (_clock, limiter) = limiter();
+        let one = Rate { count: 1, per: Duration::from_secs(60), burst: 1 };
+        let checks = [
+            LimitCheck::new("a", Subject::Key("x"), one),
+            LimitCheck::new("b", Subject::Key("x"), one),
+            LimitCheck::new("c", Subject::Key("x"), one),
+        ];
+        // Use up "b" alone: the next batch admits "a", is refused by "b", never reaches "c".
+        assert!(limiter.check("b", Subject::Key("x"), &one).allowed);
+        let outcome = limiter.check_batch(&checks);
+        assert_eq!(outcome.decisions().len(), 2);
+        assert_eq!(outcome.refused().map(|(i, _)| i), Some(1));
+        assert!(!limiter.check("a", Subject::Key("x"), &one).allowed, "a was charged");
+        assert!(limiter.check("c", Subject::Key("x"), &one).allowed, "c must not have been charged");
+        assert!(limiter.check_batch(&[]).admitted());
     }
 
     #[test]

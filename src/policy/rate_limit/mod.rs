@@ -13,6 +13,7 @@
 //! Lua script run the same arithmetic, so falling back from one to the other changes only
 //! which instance remembers, not what the limit means.
 
+pub mod batch;
 mod gcra;
 mod local;
 mod lockout;
@@ -31,6 +32,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use crate::config::{Rate, RateLimitBackend, RateLimitConfig};
 use crate::error::ceil_secs;
 
+pub use self::batch::{BatchOutcome, LimitCheck};
 pub use self::local::LocalLimiter;
 pub use self::lockout::FailedAuthTracker;
 pub use self::redis::RedisLimiter;
@@ -266,6 +268,17 @@ impl RateLimiter {
         match self {
             RateLimiter::Local(l) => l.check(scope, subject, rate),
             RateLimiter::Redis(r) => r.check(scope, subject, rate).await,
+        }
+    }
+
+    /// Counts one request against every check, in order, stopping at the first refusal — what
+    /// calling [`check`](Self::check) for each would decide (see [`batch`](self::batch) for the
+    /// exact semantics), in at most one Redis round trip. For the failed-auth lockout in the
+    /// same round trip use [`FailedAuthTracker::check_batch`]. Never fails.
+    pub async fn check_batch(&self, checks: &[LimitCheck<'_>]) -> BatchOutcome {
+        match self {
+            RateLimiter::Local(l) => l.check_batch(checks),
+            RateLimiter::Redis(r) => r.check_batch(checks).await,
         }
     }
 

@@ -10,6 +10,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisResult, Script};
 use arc_swap::ArcSwapOption;
 
+use super::batch::{BatchOutcome, LimitCheck};
 use super::gcra::Gcra;
 use super::{nanos, Clock, Decision, LocalLimiter, Subject};
 use crate::config::Rate;
@@ -38,6 +39,58 @@ local new_tat = tat + t
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((now + tau + t - new_tat) / t), 0, new_tat - now}
 "#;
+
+/// The batch of `batch.rs` in one call: an optional lockout probe (`PTTL` of `KEYS[1]` when
+/// `ARGV[1]` is `1`) then the GCRA of `GCRA_LUA` for every remaining key, in order, at one
+/// `TIME` reading, stopping after the first refusal. ARGV after the flag: `t, burst` per
+/// bucket key. Reply: `{lock}` when the lock key is live (its PTTL: ms left, or -1 for a key
+/// without expiry) — nothing charged; otherwise `{-2, allowed, remaining, retry_after_us,
+/// reset_after_us, …}` with four fields per bucket checked.
+const BATCH_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local first = 1
+if ARGV[1] == '1' then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl == -1 or pttl > 0 then return {pttl} end
+  first = 2
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local out = {-2}
+local a = 2
+for i = first, #KEYS do
+  local t = tonumber(ARGV[a])
+  local burst = tonumber(ARGV[a + 1])
+  a = a + 2
+  local tau = t * (burst - 1)
+  local tat = tonumber(redis.call('GET', KEYS[i])) or now
+  if tat < now then tat = now end
+  local allow_at = tat - tau
+  if now < allow_at then
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+    out[#out + 1] = allow_at - now
+    out[#out + 1] = tat - now
+    return out
+  end
+  local new_tat = tat + t
+  redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+  out[#out + 1] = 1
+  out[#out + 1] = math.floor((now + tau + t - new_tat) / t)
+  out[#out + 1] = 0
+  out[#out + 1] = new_tat - now
+end
+return out
+"#;
+
+/// What Redis answered to a batch.
+#[derive(Debug)]
+pub(crate) enum SharedBatch {
+    /// The lock key is live: milliseconds left, or `None` for a key without expiry.
+    Locked(Option<u64>),
+    /// Not locked (or not asked): the buckets' decisions.
+    Decided(BatchOutcome),
+}
 
 /// One Redis connection shared by the limiter, the lockout tracker and the revocation bus,
 /// with the "degraded" switch they all honour.
@@ -208,6 +261,7 @@ pub struct RedisLimiter {
     link: Arc<RedisLink>,
     local: LocalLimiter,
     script: Script,
+    batch_script: Script,
 }
 
 impl RedisLimiter {
@@ -215,14 +269,14 @@ impl RedisLimiter {
     pub async fn connect(url: &str, timeout: Duration, clock: Arc<dyn Clock>) -> RedisResult<Self> {
         let link = RedisLink::connect(url, timeout, clock.clone()).await?;
         let local = LocalLimiter::with_clock(clock, super::local::DEFAULT_MAX_SUBJECTS);
-        Ok(RedisLimiter { link, local, script: Script::new(GCRA_LUA) })
+        Ok(RedisLimiter { link, local, script: Script::new(GCRA_LUA), batch_script: Script::new(BATCH_LUA) })
     }
 
     /// Counts one request in Redis, or locally when Redis does not answer. Never fails.
     pub async fn check(&self, scope: &str, subject: Subject<'_>, rate: &Rate) -> Decision {
         let subject = subject.canonical();
         let gcra = Gcra::new(rate, Duration::from_micros(1));
-        let key = format!("fgw:rl:{scope}:{subject}");
+        let key = bucket_key(scope, subject);
         let script = &self.script;
         let reply = self
             .link
@@ -244,6 +298,43 @@ impl RedisLimiter {
         }
     }
 
+    /// Decides `checks` (see [`batch`](super::batch)) in one `EVALSHA` round trip, or
+    /// locally — the whole batch — when Redis does not answer. Never fails.
+    pub async fn check_batch(&self, checks: &[LimitCheck<'_>]) -> BatchOutcome {
+        match self.shared_batch(None, checks).await {
+            Some(SharedBatch::Decided(outcome)) => outcome,
+            // Not asked for a lock: cannot be locked.
+            Some(SharedBatch::Locked(_)) | None => self.local.check_batch(checks),
+        }
+    }
+
+    /// The batch in Redis, with the lockout probe of `lock_key` first when given; `None` when
+    /// Redis did not answer (the caller decides locally). No round trip when there is nothing
+    /// to ask.
+    pub(crate) async fn shared_batch(
+        &self,
+        lock_key: Option<&str>,
+        checks: &[LimitCheck<'_>],
+    ) -> Option<SharedBatch> {
+        if lock_key.is_none() && checks.is_empty() {
+            return Some(SharedBatch::Decided(BatchOutcome::for_checks(0)));
+        }
+        let gcras: Vec<Gcra> = checks.iter().map(|c| Gcra::new(&c.rate, Duration::from_micros(1))).collect();
+        let mut invocation = self.batch_script.prepare_invoke();
+        invocation.arg(u8::from(lock_key.is_some()));
+        if let Some(key) = lock_key {
+            invocation.key(key);
+        }
+        for (c, gcra) in checks.iter().zip(&gcras) {
+            invocation.key(bucket_key(c.scope, c.subject.canonical()));
+            invocation.arg(gcra.interval()).arg(gcra.burst());
+        }
+        let invocation = &invocation;
+        let reply: Vec<i64> =
+            self.link.run(false, |mut conn| async move { invocation.invoke_async(&mut conn).await }).await?;
+        parse_batch(&reply, &gcras)
+    }
+
     /// True while Redis is unreachable and local limits apply.
     pub fn is_degraded(&self) -> bool {
         self.link.is_degraded()
@@ -256,6 +347,32 @@ impl RedisLimiter {
     pub(crate) fn local(&self) -> &LocalLimiter {
         &self.local
     }
+}
+
+/// The key a bucket lives under, shared by `check` and the batch.
+fn bucket_key(scope: &str, subject: Subject<'_>) -> String {
+    format!("fgw:rl:{scope}:{subject}")
+}
+
+/// Reads a `BATCH_LUA` reply; `None` (decide locally) when it is not one.
+fn parse_batch(reply: &[i64], gcras: &[Gcra]) -> Option<SharedBatch> {
+    let (&head, fields) = reply.split_first()?;
+    if head != -2 {
+        return Some(SharedBatch::Locked(u64::try_from(head).ok()));
+    }
+    if fields.len() % 4 != 0 || fields.len() / 4 > gcras.len() {
+        tracing::warn!(len = reply.len(), "unexpected reply from the Redis batch script");
+        return None;
+    }
+    let non_neg = |v: i64| u64::try_from(v).unwrap_or(0);
+    let mut outcome = BatchOutcome::for_checks(gcras.len());
+    for (f, gcra) in fields.chunks_exact(4).zip(gcras) {
+        let decision = gcra.decision(f[0] == 1, non_neg(f[1]), non_neg(f[2]), non_neg(f[3]));
+        if !outcome.push(decision) {
+            break;
+        }
+    }
+    Some(SharedBatch::Decided(outcome))
 }
 
 #[cfg(test)]
@@ -290,6 +407,75 @@ pub(crate) mod tests {
                 .count();
         assert_eq!(admitted, 60);
         assert!(limiter.is_degraded());
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_decides_batches_locally() {
+        let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+        let clock = Arc::new(ManualClock::new());
+        let url = format!("redis://127.0.0.1:{port}");
+        let limiter = RedisLimiter::connect(&url, Duration::from_millis(50), clock.clone()).await.unwrap();
+        let checks = [
+            LimitCheck::new("ip", Subject::Ip("192.0.2.3".parse().unwrap()), per_min(100)),
+            LimitCheck::new("key", Subject::Key("k"), per_min(10)),
+        ];
+        let mut admitted = 0;
+        for _ in 0..30 {
+            let outcome = limiter.check_batch(&checks).await;
+            admitted += usize::from(outcome.admitted());
+            assert_eq!(outcome.decisions().len(), 2);
+        }
+        assert_eq!(admitted, 10);
+        assert!(limiter.is_degraded());
+    }
+
+    #[test]
+    fn batch_replies_are_read_or_rejected() {
+        let gcras = [Gcra::new(&per_min(60), Duration::from_micros(1)); 2];
+        match parse_batch(&[1500], &gcras) {
+            Some(SharedBatch::Locked(Some(1500))) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_batch(&[-1], &gcras), Some(SharedBatch::Locked(None))));
+        let Some(SharedBatch::Decided(outcome)) =
+            parse_batch(&[-2, 1, 59, 0, 1_000_000, 0, 0, 1_000_000, 60_000_000], &gcras)
+        else {
+            panic!("not decided")
+        };
+        assert_eq!(outcome.decisions().len(), 2);
+        assert_eq!(outcome.refused().map(|(i, d)| (i, d.retry_after_secs())), Some((1, Some(1))));
+        assert_eq!(outcome.decisions()[0].remaining, 59);
+        // Malformed: the caller falls back to local limits.
+        assert!(parse_batch(&[], &gcras).is_none());
+        assert!(parse_batch(&[-2, 1, 2], &gcras).is_none());
+        assert!(parse_batch(&[-2, 1, 2, 0, 5, 1, 2, 0, 5, 1, 2, 0, 5], &gcras).is_none());
+    }
+
+    #[tokio::test]
+    async fn redis_batch_equals_sequential_checks() {
+        let Some(url) = test_redis::url("redis_batch_equals_sequential_checks") else { return };
+        let limiter = limiter(&url).await;
+        let (a, b) = (test_redis::unique("batch-a"), test_redis::unique("batch-b"));
+        let (ip_rate, key_rate) = (per_min(8), per_min(5));
+        for round in 0..12 {
+            let batch = limiter
+                .check_batch(&[
+                    LimitCheck::new("ip", Subject::Key(&a), ip_rate),
+                    LimitCheck::new("key", Subject::Key(&a), key_rate),
+                ])
+                .await;
+            let mut sequential = BatchOutcome::for_checks(2);
+            if sequential.push(limiter.check("ip", Subject::Key(&b), &ip_rate).await) {
+                sequential.push(limiter.check("key", Subject::Key(&b), &key_rate).await);
+            }
+            let summary = |o: &BatchOutcome| {
+                o.decisions()
+                    .iter()
+                    .map(|d| (d.allowed, d.limit, d.remaining, d.retry_after_secs()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(summary(&batch), summary(&sequential), "round {round}");
+        }
     }
 
     #[tokio::test]
