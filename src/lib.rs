@@ -25,4 +25,5 @@ mod routes;
 mod runtime;
 mod server;
 mod state;
+mod status;
 pub mod tls;
