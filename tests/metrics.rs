@@ -74,9 +74,8 @@ impl Exposition {
 fn parse(text: &str) -> Result<Exposition, String> {
     let mut out = Exposition::default();
     let mut helped = BTreeMap::new();
-    let mut lines = text.lines().enumerate().peekable();
     let mut saw_eof = false;
-    while let Some((i, line)) = lines.next() {
+    for (i, line) in text.lines().enumerate() {
         let at = |msg: &str| format!("line {}: {msg}: {line:?}", i + 1);
         if saw_eof {
             return Err(at("text after # EOF"));
@@ -491,7 +490,7 @@ async fn counters_equal_the_scripted_traffic() {
     assert_eq!(m.types["process_cpu_seconds"], "counter");
 
     // No user name, key or raw path in any label.
-    for ((name, labels), _) in &m.samples {
+    for (name, labels) in m.samples.keys() {
         for value in labels.values() {
             for secret in [USER, KEY, SECRET, "ToDo", "/down/a"] {
                 assert!(!value.contains(secret), "{name}{labels:?} carries {secret}");
