@@ -1,5 +1,6 @@
-//! The admin listener (loopback by default): `/healthz`, `/readyz`, `/metrics` and the Frappe
-//! webhook receiver `POST /hooks/frappe`. Plain HTTP/1.1; never served on the proxy port.
+//! The admin listener (loopback by default): the status page (`/`, `/status.json`),
+//! `/healthz`, `/readyz`, `/metrics` and the Frappe webhook receiver `POST /hooks/frappe`.
+//! Plain HTTP/1.1; never served on the proxy port.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,9 +16,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::auth;
+use crate::metrics::SyncFigures;
+use crate::outcome::WebhookOutcome;
 use crate::request_body::{BodyStats, UpstreamBody};
 use crate::server::{self, ShutdownSignal};
 use crate::state::Shared;
+use crate::status;
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -26,6 +30,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves admin requests until shutdown.
 pub async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut shutdown: ShutdownSignal) {
+    status::spawn_sampler(state.obs.metrics.clone(), shutdown.clone());
     while let Some((stream, _)) = server::accept(&listener, &mut shutdown).await {
         let state = state.clone();
         crate::spawn(async move {
@@ -41,9 +46,14 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut shutdown
 
 async fn route(state: Arc<Shared>, req: Request<Incoming>) -> Result<AdminResponse, Infallible> {
     let response = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => status::page(),
+        (&Method::GET, "/status.json") => {
+            refresh_scraped(&state).await;
+            json(StatusCode::OK, status::report(&state).await)
+        }
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => readiness(&state).await,
-        (&Method::GET, "/metrics") => metrics(&state),
+        (&Method::GET, "/metrics") => metrics(&state).await,
         (&Method::POST, "/hooks/frappe") => webhook(&state, req).await,
         (&Method::POST, "/reload") => reload(&state),
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
@@ -74,14 +84,14 @@ async fn readiness(state: &Shared) -> AdminResponse {
         "upstream_status": upstream.as_ref().ok(),
         "sync": sync.map(|(_, report)| report),
         "rate_limit": { "backend": state.limits.limiter.backend_name(), "degraded_to_local": degraded },
-        "credential_cache_entries": state.auth.store.len(),
+        "credential_cache_entries": state.auth.store.entries().await,
     });
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(status, body)
 }
 
 /// `(fresh, details)` of the user sync, `None` without a sync token.
-fn sync_report(state: &Shared) -> Option<(bool, serde_json::Value)> {
+pub(crate) fn sync_report(state: &Shared) -> Option<(bool, serde_json::Value)> {
     let status = state.auth.sync_status.as_ref()?;
     let max_age = (state.runtime().config.frappe.sync_interval * 3).max(Duration::from_secs(90));
     let report = status.report();
@@ -102,36 +112,55 @@ const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 /// constant time; the user's cached credentials are dropped at once, on every instance (Redis),
 /// and the user's record is re-read from Frappe.
 async fn webhook(state: &Shared, req: Request<Incoming>) -> AdminResponse {
+    let (outcome, response) = receive_webhook(state, req).await;
+    state.obs.metrics.record_webhook(outcome);
+    response
+}
+
+async fn receive_webhook(state: &Shared, req: Request<Incoming>) -> (WebhookOutcome, AdminResponse) {
+    use WebhookOutcome::{Applied, BadBody, BadSignature, Disabled, RefreshFailed};
     let runtime = state.runtime();
     let Some(secret) = &runtime.config.frappe.webhook_secret else {
         tracing::warn!("webhook refused: frappe.webhook_secret_env is not set");
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "error": "webhook receiver disabled: set frappe.webhook_secret_env" }),
+        return (
+            Disabled,
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "error": "webhook receiver disabled: set frappe.webhook_secret_env" }),
+            ),
         );
     };
     let signature = req.headers().get("x-frappe-webhook-signature").cloned();
     let body = match Limited::new(req.into_body(), MAX_WEBHOOK_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::json!({ "error": "webhook body too large or unreadable" }),
+            return (
+                BadBody,
+                json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({ "error": "webhook body too large or unreadable" }),
+                ),
             )
         }
     };
     if !auth::webhook::verify_signature(secret, &body, signature.as_ref()) {
         tracing::warn!(signature_present = signature.is_some(), "webhook refused: bad or missing signature");
-        return json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({ "error": "bad or missing X-Frappe-Webhook-Signature" }),
+        return (
+            BadSignature,
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({ "error": "bad or missing X-Frappe-Webhook-Signature" }),
+            ),
         );
     }
     let Some(user) = auth::webhook::parse_user_name(&body) else {
         tracing::warn!("webhook refused: no user name in the body");
-        return json(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({ "error": "expected a JSON body with the User's name, e.g. {\"name\": \"{{doc.name}}\"}" }),
+        return (
+            BadBody,
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "expected a JSON body with the User's name, e.g. {\"name\": \"{{doc.name}}\"}" }),
+            ),
         );
     };
     let sync_token = runtime.config.frappe.sync_token.as_ref();
@@ -141,7 +170,14 @@ async fn webhook(state: &Shared, req: Request<Incoming>) -> AdminResponse {
     if let Some(bus) = &state.limits.revocations {
         bus.publish(&user).await;
     }
-    json(StatusCode::OK, serde_json::json!({ "revoked": user, "refreshed": matches!(refreshed, Ok(true)) }))
+    let outcome = if refreshed.is_ok() { Applied } else { RefreshFailed };
+    (
+        outcome,
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "revoked": user, "refreshed": matches!(refreshed, Ok(true)) }),
+        ),
+    )
 }
 
 /// `POST /reload`: 200 with what changed and what needs a restart, or 422 with the errors
@@ -191,14 +227,22 @@ async fn probe_upstream(state: &Shared) -> Result<u16, String> {
     Ok(status)
 }
 
-/// Prometheus text format; gauges that mirror other components are refreshed first.
-fn metrics(state: &Shared) -> AdminResponse {
+/// Copies the figures other components own into the metrics (see `metrics::Scraped`).
+async fn refresh_scraped(state: &Shared) {
     let m = &state.obs.metrics;
-    m.access_log_dropped.set(i64::try_from(state.obs.access_log.dropped()).unwrap_or(i64::MAX));
-    m.cache_entries.set(i64::try_from(state.auth.store.len()).unwrap_or(i64::MAX));
+    m.cache_entries.set(i64::try_from(state.auth.store.entries().await).unwrap_or(i64::MAX));
     m.redis_degraded.set(i64::from(state.limits.limiter.is_degraded()));
-    let sync_age = state.auth.sync_status.as_ref().and_then(|s| s.report().last_success_age);
-    m.sync_age_seconds.set(sync_age.map_or(-1, |a| i64::try_from(a.as_secs()).unwrap_or(i64::MAX)));
+    let sync = state.auth.sync_status.as_ref().map(|s| {
+        let report = s.report();
+        SyncFigures { runs: report.runs, failures: report.failures, last_success: report.last_success_at }
+    });
+    m.refresh(state.obs.access_log.dropped(), state.auth.store.verify_calls(), sync);
+}
+
+/// OpenMetrics text; figures that mirror other components are refreshed first.
+async fn metrics(state: &Shared) -> AdminResponse {
+    refresh_scraped(state).await;
+    let m = &state.obs.metrics;
     let mut response = Response::new(Full::new(Bytes::from(m.encode())));
     response.headers_mut().insert(
         CONTENT_TYPE,

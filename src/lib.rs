@@ -26,6 +26,7 @@ mod routes;
 mod runtime;
 mod server;
 mod state;
+mod status;
 pub mod tls;
 
 /// `tokio::spawn` that keeps the spawning task's tracing subscriber, so a gateway started

@@ -1,19 +1,39 @@
-//! Prometheus metrics for the admin listener's `/metrics`. Per-request counters are resolved
-//! to plain atomics at start, so recording a request is a few atomic adds, no label lookup.
+//! Prometheus metrics for the admin listener's `/metrics` (OpenMetrics text). Per-request
+//! counters are resolved to plain atomics at start, so recording a request is a few atomic
+//! adds, no label lookup. Figures other components own (sync, the access-log writer, the
+//! credential cache, the process itself) are read at scrape time; see [`Scraped`].
+//!
+//! README.md "Metrics" lists every metric with its type and labels. No label ever carries a
+//! user name, an api_key or a raw path: routes are the configured prefixes, a bounded set.
 
-use std::sync::atomic::AtomicI64;
-use std::time::Duration;
+mod process;
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::outcome::{AuthOutcome, Decision, Limiter};
+pub(crate) use self::process::ProcessStats;
+use crate::outcome::{
+    AuthOutcome, Decision, Limiter, MethodClass, ReloadResult, TlsFailure, UpstreamError, WebhookOutcome,
+};
+use crate::status::{History, TopKeys};
 
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The route label of a request refused before any route was looked up (a malformed head).
+const NO_ROUTE: &str = "-";
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -25,19 +45,73 @@ pub struct Metrics {
     auth: Vec<Counter>,
     /// Indexed by `Limiter as usize`.
     limited: Vec<Counter>,
-    /// `[ok, error]`.
-    reloads: [Counter; 2],
     latency: Histogram,
+    routes: RouteCounters,
+    upstream_latency: Histogram,
+    /// Indexed by `UpstreamError as usize`.
+    upstream_errors: Vec<Counter>,
+    /// Upstream responses and their summed time to head (µs), for the status page's average.
+    upstream_responses: AtomicU64,
+    upstream_micros: AtomicU64,
+    /// Indexed by `WebhookOutcome as usize`.
+    webhooks: Vec<Counter>,
+    /// Indexed by `TlsFailure as usize`.
+    tls_failures: Vec<Counter>,
+    /// Indexed by `ReloadResult as usize`.
+    reloads: Vec<Counter>,
+    /// Open client connections on the proxy listener.
+    pub(crate) open_connections: Gauge<i64, AtomicI64>,
     /// Set just before each scrape by the admin handler.
     pub cache_entries: Gauge<i64, AtomicI64>,
     pub redis_degraded: Gauge<i64, AtomicI64>,
-    pub sync_age_seconds: Gauge<i64, AtomicI64>,
-    pub access_log_dropped: Gauge<i64, AtomicI64>,
+    scraped: Arc<Mutex<Scraped>>,
+    /// The busiest api_keys of the last minutes, for the status page.
+    pub(crate) top_keys: TopKeys,
+    /// Per-second request figures of the last minutes, for the status page.
+    pub(crate) history: History,
+    pub(crate) started: SystemTime,
+}
+
+/// Figures other components own, copied in by the admin handler before each scrape (and by
+/// the setters below) and written out as they are: counters that are counted elsewhere stay
+/// counters, and a timestamp that does not exist yet is left out rather than given a sentinel.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Scraped {
+    pub(crate) access_log_dropped: u64,
+    /// Calls the credential store made to Frappe's whoami.
+    pub(crate) verify_calls: u64,
+    /// `None` without a sync token.
+    pub(crate) sync: Option<SyncFigures>,
+    /// The served certificate's notAfter; `None` without TLS.
+    pub(crate) certificate_not_after: Option<SystemTime>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SyncFigures {
+    pub(crate) runs: u64,
+    pub(crate) failures: u64,
+    pub(crate) last_success: Option<SystemTime>,
+}
+
+/// Cumulative request figures, sampled by the status page's ticker.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Totals {
+    pub(crate) requests: u64,
+    pub(crate) client_errors: u64,
+    pub(crate) server_errors: u64,
+    pub(crate) upstream_responses: u64,
+    pub(crate) upstream_micros: u64,
+    pub(crate) upstream_errors: u64,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("gateway");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let scraped = Arc::new(Mutex::new(Scraped::default()));
+        root.register_collector(Box::new(ScrapedCollector(scraped.clone())));
+        let registry = root.sub_registry_with_prefix("gateway");
+
         let requests_family = Family::<Labels, Counter>::default();
         registry.register("requests", "Requests by decision and status class", requests_family.clone());
         let requests = Decision::ALL
@@ -45,31 +119,70 @@ impl Metrics {
             .flat_map(|d| STATUS_CLASSES.iter().map(move |s| vec![("decision", d.as_str()), ("status", *s)]))
             .map(|labels| requests_family.get_or_create(&labels).clone())
             .collect();
-        let auth_family = Family::<Labels, Counter>::default();
-        registry.register("auth", "Token authentications by outcome", auth_family.clone());
-        let auth = AuthOutcome::ALL
-            .iter()
-            .map(|o| auth_family.get_or_create(&vec![("outcome", o.as_str())]).clone())
-            .collect();
-        let limited_family = Family::<Labels, Counter>::default();
-        registry.register(
+        let auth =
+            labelled(registry, "auth", "Token authentications by outcome", "outcome", AuthOutcome::ALL);
+        let limited = labelled(
+            registry,
             "rate_limited",
             "Requests refused by a rate limit, by limiter",
-            limited_family.clone(),
+            "limiter",
+            Limiter::ALL,
         );
-        let limited = Limiter::ALL
-            .iter()
-            .map(|l| limited_family.get_or_create(&vec![("limiter", l.as_str())]).clone())
-            .collect();
-        let reloads_family = Family::<Labels, Counter>::default();
-        registry.register("config_reloads", "Configuration reloads by result", reloads_family.clone());
-        let reloads = ["ok", "error"].map(|r| reloads_family.get_or_create(&vec![("result", r)]).clone());
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "request_duration_seconds",
             "Time from request to end of response",
             latency.clone(),
         );
+        let routes = RouteCounters::default();
+        registry.register(
+            "route_requests",
+            "Requests by configured route prefix and method class (read, write, other)",
+            routes.family.clone(),
+        );
+        let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time from sending a request upstream to its response head, for answered requests",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = labelled(
+            registry,
+            "upstream_errors",
+            "Requests the upstream did not answer, by kind",
+            "kind",
+            UpstreamError::ALL,
+        );
+        let webhooks = labelled(
+            registry,
+            "webhook_events",
+            "POST /hooks/frappe by outcome",
+            "outcome",
+            WebhookOutcome::ALL,
+        );
+        let tls_failures = labelled(
+            registry,
+            "tls_handshake_failures",
+            "TLS handshakes on the proxy listener that failed, by reason",
+            "reason",
+            TlsFailure::ALL,
+        );
+        let reloads = labelled(
+            registry,
+            "config_reloads",
+            "Configuration reloads by result",
+            "result",
+            ReloadResult::ALL,
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Open client connections on the proxy listener",
+            open_connections.clone(),
+        );
+        let build = Family::<Labels, Gauge>::default();
+        registry.register("build_info", "The running build (value 1)", build.clone());
+        build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
         let cache_entries = Gauge::default();
         registry.register("credential_cache_entries", "Cached credentials", cache_entries.clone());
         let redis_degraded = Gauge::default();
@@ -78,29 +191,27 @@ impl Metrics {
             "1 while Redis is unreachable and local limits apply",
             redis_degraded.clone(),
         );
-        let sync_age_seconds = Gauge::default();
-        registry.register(
-            "sync_age_seconds",
-            "Seconds since the last good user sync (-1: never)",
-            sync_age_seconds.clone(),
-        );
-        let access_log_dropped = Gauge::default();
-        registry.register(
-            "access_log_dropped",
-            "Access-log lines dropped because the writer fell behind",
-            access_log_dropped.clone(),
-        );
         Metrics {
-            registry,
+            registry: root,
             requests,
             auth,
             limited,
-            reloads,
             latency,
+            routes,
+            upstream_latency,
+            upstream_errors,
+            upstream_responses: AtomicU64::new(0),
+            upstream_micros: AtomicU64::new(0),
+            webhooks,
+            tls_failures,
+            reloads,
+            open_connections,
             cache_entries,
             redis_degraded,
-            sync_age_seconds,
-            access_log_dropped,
+            scraped,
+            top_keys: TopKeys::default(),
+            history: History::default(),
+            started: SystemTime::now(),
         }
     }
 
@@ -111,14 +222,22 @@ impl Metrics {
         self.latency.observe(latency.as_secs_f64());
     }
 
+    /// Counts one finished request under its route (`None`: refused before routing).
+    pub(crate) fn record_route(&self, route: Option<&Arc<str>>, method: MethodClass) {
+        self.routes.inc(route, method);
+    }
+
+    /// Makes the routes' series exist (at zero) before their first request; call it when a
+    /// configuration is loaded. Routes seen without it are added on their first request.
+    pub(crate) fn register_routes<'a>(&self, routes: impl IntoIterator<Item = &'a Arc<str>>) {
+        for route in routes {
+            self.routes.counters(route);
+        }
+    }
+
     /// Counts one authentication outcome.
     pub fn record_auth(&self, outcome: AuthOutcome) {
         self.auth[outcome as usize].inc();
-    }
-
-    /// Counts one configuration reload (SIGHUP or `POST /reload`).
-    pub fn record_reload(&self, ok: bool) {
-        self.reloads[usize::from(!ok)].inc();
     }
 
     /// Counts one request refused by `limiter`.
@@ -126,9 +245,112 @@ impl Metrics {
         self.limited[limiter as usize].inc();
     }
 
-    /// The text exposition format.
+    /// One upstream response head after `elapsed`.
+    pub(crate) fn record_upstream(&self, elapsed: Duration) {
+        self.upstream_latency.observe(elapsed.as_secs_f64());
+        self.upstream_responses.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.upstream_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// One request the upstream did not answer.
+    pub(crate) fn record_upstream_error(&self, kind: UpstreamError) {
+        self.upstream_errors[kind as usize].inc();
+    }
+
+    pub(crate) fn record_webhook(&self, outcome: WebhookOutcome) {
+        self.webhooks[outcome as usize].inc();
+    }
+
+    pub(crate) fn record_tls_failure(&self, reason: TlsFailure) {
+        self.tls_failures[reason as usize].inc();
+    }
+
+    /// Counts one configuration reload (`SIGHUP`, `POST /reload`): applied or refused.
+    pub fn record_reload(&self, ok: bool) {
+        let result = if ok { ReloadResult::Ok } else { ReloadResult::Error };
+        self.reloads[result as usize].inc();
+    }
+
+    /// Sets the served certificate's expiry (`gateway_tls_certificate_expiry_timestamp_seconds`);
+    /// call at start and after a reload that changed the certificate. `None` removes it.
+    pub fn set_certificate_expiry(&self, not_after: Option<SystemTime>) {
+        self.scraped().certificate_not_after = not_after;
+    }
+
+    pub(crate) fn certificate_expiry(&self) -> Option<SystemTime> {
+        self.scraped().certificate_not_after
+    }
+
+    /// Copies in the figures other components own (see [`Scraped`]); the certificate's
+    /// expiry is kept.
+    pub(crate) fn refresh(&self, access_log_dropped: u64, verify_calls: u64, sync: Option<SyncFigures>) {
+        let mut scraped = self.scraped();
+        scraped.access_log_dropped = access_log_dropped;
+        scraped.verify_calls = verify_calls;
+        scraped.sync = sync;
+    }
+
+    fn scraped(&self) -> std::sync::MutexGuard<'_, Scraped> {
+        self.scraped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cumulative figures for the status page.
+    pub(crate) fn totals(&self) -> Totals {
+        let mut t = Totals {
+            upstream_responses: self.upstream_responses.load(Ordering::Relaxed),
+            upstream_micros: self.upstream_micros.load(Ordering::Relaxed),
+            upstream_errors: self.upstream_errors.iter().map(Counter::get).sum(),
+            ..Totals::default()
+        };
+        for (i, c) in self.requests.iter().enumerate() {
+            let n = c.get();
+            t.requests += n;
+            match i % STATUS_CLASSES.len() {
+                3 => t.client_errors += n,
+                4 => t.server_errors += n,
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// Requests by decision, summed over status classes.
+    pub(crate) fn decisions(&self) -> Vec<(Decision, u64)> {
+        let per = STATUS_CLASSES.len();
+        Decision::ALL
+            .iter()
+            .map(|d| (*d, self.requests[*d as usize * per..][..per].iter().map(Counter::get).sum()))
+            .collect()
+    }
+
+    pub(crate) fn auth_counts(&self) -> Vec<(AuthOutcome, u64)> {
+        AuthOutcome::ALL.iter().map(|o| (*o, self.auth[*o as usize].get())).collect()
+    }
+
+    pub(crate) fn limited_counts(&self) -> Vec<(Limiter, u64)> {
+        Limiter::ALL.iter().map(|l| (*l, self.limited[*l as usize].get())).collect()
+    }
+
+    pub(crate) fn upstream_error_counts(&self) -> Vec<(UpstreamError, u64)> {
+        UpstreamError::ALL.iter().map(|k| (*k, self.upstream_errors[*k as usize].get())).collect()
+    }
+
+    pub(crate) fn webhook_counts(&self) -> Vec<(WebhookOutcome, u64)> {
+        WebhookOutcome::ALL.iter().map(|o| (*o, self.webhooks[*o as usize].get())).collect()
+    }
+
+    pub(crate) fn tls_failure_count(&self) -> u64 {
+        self.tls_failures.iter().map(Counter::get).sum()
+    }
+
+    pub(crate) fn reload_counts(&self) -> (u64, u64) {
+        (self.reloads[ReloadResult::Ok as usize].get(), self.reloads[ReloadResult::Error as usize].get())
+    }
+
+    /// The OpenMetrics text exposition (ends with `# EOF`).
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut out = String::with_capacity(8192);
         let _ = encode(&mut out, &self.registry);
         out
     }
@@ -137,6 +359,140 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One counter per variant of `all`, labelled `label = variant.as_str()`.
+fn labelled<T: Copy + LabelName>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    all: &[T],
+) -> Vec<Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    all.iter().map(|v| family.get_or_create(&vec![(label, v.label())]).clone()).collect()
+}
+
+/// The vocabulary enums' `as_str`, for [`labelled`].
+trait LabelName {
+    fn label(self) -> &'static str;
+}
+
+macro_rules! label_name {
+    ($($t:ty),*) => {
+        $(impl LabelName for $t {
+            fn label(self) -> &'static str {
+                self.as_str()
+            }
+        })*
+    };
+}
+label_name!(AuthOutcome, Limiter, UpstreamError, WebhookOutcome, TlsFailure, ReloadResult);
+
+/// `gateway_route_requests_total{route, method}`: the counters of each configured route,
+/// found by the route's path in a copy-on-write table (a lookup per request, no lock).
+#[derive(Default)]
+struct RouteCounters {
+    family: Family<Vec<(&'static str, String)>, Counter>,
+    table: ArcSwap<HashMap<Arc<str>, Arc<[Counter; 3]>>>,
+    grow: Mutex<()>,
+}
+
+impl RouteCounters {
+    fn inc(&self, route: Option<&Arc<str>>, method: MethodClass) {
+        let route = route.map_or(NO_ROUTE, |r| &**r);
+        if let Some(counters) = self.table.load().get(route) {
+            counters[method as usize].inc();
+            return;
+        }
+        self.counters(route)[method as usize].inc();
+    }
+
+    /// The route's counters, created (with their series) when new.
+    fn counters(&self, route: &str) -> Arc<[Counter; 3]> {
+        let _grow = self.grow.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counters) = self.table.load().get(route) {
+            return counters.clone();
+        }
+        let counter = |m: MethodClass| {
+            self.family
+                .get_or_create(&vec![("route", route.to_string()), ("method", m.as_str().to_string())])
+                .clone()
+        };
+        let counters: Arc<[Counter; 3]> = Arc::new(std::array::from_fn(|i| counter(MethodClass::ALL[i])));
+        let mut table = HashMap::clone(&self.table.load());
+        table.insert(Arc::from(route), counters.clone());
+        self.table.store(Arc::new(table));
+        counters
+    }
+}
+
+/// Writes [`Scraped`] out at each scrape.
+#[derive(Debug)]
+struct ScrapedCollector(Arc<Mutex<Scraped>>);
+
+impl Collector for ScrapedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let e = &mut encoder;
+        counter(
+            e,
+            "gateway_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            s.access_log_dropped,
+        )?;
+        counter(
+            e,
+            "gateway_auth_verify_calls",
+            "Calls made to Frappe's whoami to verify credentials",
+            s.verify_calls,
+        )?;
+        if let Some(sync) = &s.sync {
+            counter(e, "gateway_sync_runs", "User syncs attempted", sync.runs)?;
+            counter(e, "gateway_sync_failures", "User syncs that failed", sync.failures)?;
+            if let Some(at) = sync.last_success {
+                gauge(
+                    e,
+                    "gateway_sync_last_success_timestamp_seconds",
+                    "Unix time of the last successful user sync (absent until one succeeds)",
+                    unix_seconds(at),
+                )?;
+            }
+        }
+        if let Some(at) = s.certificate_not_after {
+            gauge(
+                e,
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "Unix time the served certificate expires (its notAfter)",
+                unix_seconds(at),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+pub(crate) fn counter_f64(e: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+pub(crate) fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// Seconds since the Unix epoch (negative before it).
+pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
     }
 }
 
@@ -155,5 +511,50 @@ mod tests {
         assert!(text.contains("gateway_requests_total{decision=\"deny\",status=\"4xx\"} 2"), "{text}");
         assert!(text.contains("gateway_auth_total{outcome=\"hit\"} 1"), "{text}");
         assert!(text.contains("gateway_rate_limited_total{limiter=\"lockout\"} 1"), "{text}");
+        assert_eq!(m.totals().client_errors, 2);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn routes_are_labelled_by_prefix_and_method_class() {
+        let m = Metrics::new();
+        let api: Arc<str> = Arc::from("/api/");
+        m.register_routes([&Arc::from("/login")]);
+        m.record_route(Some(&api), MethodClass::Read);
+        m.record_route(Some(&api), MethodClass::Read);
+        m.record_route(Some(&Arc::from("/api/")), MethodClass::Write);
+        m.record_route(None, MethodClass::Other);
+        let text = m.encode();
+        assert!(text.contains("gateway_route_requests_total{route=\"/api/\",method=\"read\"} 2"), "{text}");
+        assert!(text.contains("gateway_route_requests_total{route=\"/api/\",method=\"write\"} 1"), "{text}");
+        assert!(text.contains("gateway_route_requests_total{route=\"/login\",method=\"write\"} 0"), "{text}");
+        assert!(text.contains("gateway_route_requests_total{route=\"-\",method=\"other\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn mirrored_figures_keep_their_types_and_absent_timestamps_stay_absent() {
+        let m = Metrics::new();
+        m.refresh(3, 2, Some(SyncFigures { runs: 4, failures: 1, last_success: None }));
+        m.record_reload(false);
+        m.record_upstream_error(UpstreamError::Connect);
+        let text = m.encode();
+        assert!(text.contains("# TYPE gateway_access_log_dropped counter"), "{text}");
+        assert!(text.contains("gateway_access_log_dropped_total 3"), "{text}");
+        assert!(text.contains("gateway_sync_runs_total 4"), "{text}");
+        assert!(text.contains("gateway_sync_failures_total 1"), "{text}");
+        assert!(!text.contains("gateway_sync_last_success_timestamp_seconds"), "{text}");
+        assert!(!text.contains("certificate_expiry"), "{text}");
+        assert!(text.contains("gateway_config_reloads_total{result=\"error\"} 1"), "{text}");
+        assert!(text.contains("gateway_upstream_errors_total{kind=\"connect\"} 1"), "{text}");
+        assert!(text.contains(&format!("gateway_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_open_fds "), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
+        let at = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        m.set_certificate_expiry(Some(at));
+        m.refresh(3, 2, Some(SyncFigures { runs: 5, failures: 1, last_success: Some(at) }));
+        let text = m.encode();
+        assert!(text.contains("gateway_tls_certificate_expiry_timestamp_seconds 1900000000"), "{text}");
+        assert!(text.contains("gateway_sync_last_success_timestamp_seconds 1900000000"), "{text}");
     }
 }

@@ -96,6 +96,81 @@ vocabulary! {
     }
 }
 
+vocabulary! {
+    /// A request method's class, for `gateway_route_requests_total{method}`.
+    MethodClass {
+        /// GET, HEAD.
+        Read => "read",
+        /// POST, PUT, PATCH, DELETE.
+        Write => "write",
+        /// Anything else (OPTIONS, an unknown method, a request hyper could not parse).
+        Other => "other",
+    }
+}
+
+impl MethodClass {
+    pub(crate) fn of(method: Option<&http::Method>) -> Self {
+        use http::Method;
+        match method {
+            Some(&Method::GET | &Method::HEAD) => MethodClass::Read,
+            Some(&Method::POST | &Method::PUT | &Method::PATCH | &Method::DELETE) => MethodClass::Write,
+            _ => MethodClass::Other,
+        }
+    }
+}
+
+vocabulary! {
+    /// Why a request to the upstream failed: `gateway_upstream_errors_total{kind}`.
+    UpstreamError {
+        /// No connection could be made (refused, unreachable, `upstream.connect_timeout`).
+        Connect => "connect",
+        /// No response head within `upstream.timeout` (504).
+        Timeout => "timeout",
+        /// The connection was reset or closed before a whole response head arrived.
+        Reset => "reset",
+        /// The upstream answered something that is not HTTP.
+        Protocol => "protocol",
+        /// Anything else.
+        Other => "other",
+    }
+}
+
+vocabulary! {
+    /// What became of a `POST /hooks/frappe`: `gateway_webhook_events_total{outcome}`.
+    WebhookOutcome {
+        /// Signed, the user's credentials dropped (and re-read when a sync token is set).
+        Applied => "applied",
+        /// Applied, but re-reading the user from Frappe failed (the revocation stands).
+        RefreshFailed => "refresh_failed",
+        /// Missing or wrong signature (401).
+        BadSignature => "bad_signature",
+        /// Too large, unreadable, or no user name in it (400 / 413).
+        BadBody => "bad_body",
+        /// No webhook secret configured (503).
+        Disabled => "disabled",
+    }
+}
+
+vocabulary! {
+    /// Why a TLS handshake on the proxy listener failed.
+    TlsFailure {
+        /// The client sent something that is not an acceptable TLS handshake.
+        Error => "error",
+        /// No handshake within `server.header_read_timeout`.
+        Timeout => "timeout",
+    }
+}
+
+vocabulary! {
+    /// How a configuration reload ended: `gateway_config_reloads_total{result}`.
+    ReloadResult {
+        /// The new configuration is in force.
+        Ok => "ok",
+        /// Refused; the old configuration keeps serving.
+        Error => "error",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +184,12 @@ mod tests {
             assert_eq!(*a as usize, i);
         }
         assert_eq!(Limiter::ALL.len(), 3);
+        for (i, u) in UpstreamError::ALL.iter().enumerate() {
+            assert_eq!(*u as usize, i);
+        }
+        assert_eq!(MethodClass::of(Some(&http::Method::PATCH)), MethodClass::Write);
+        assert_eq!(MethodClass::of(Some(&http::Method::OPTIONS)), MethodClass::Other);
+        assert_eq!(MethodClass::of(None), MethodClass::Other);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! client could claim identity with, then inject the trusted ones) and WebSocket tunnels.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -13,6 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::metrics::Metrics;
+use crate::outcome::UpstreamError;
 use crate::request_body::{BodyStats, UpstreamBody};
 
 /// Headers a client could use to claim an identity, a site or a file path: removed from every
@@ -46,6 +49,8 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     timeout: Duration,
+    /// Where answers and failures are counted (`None`: the readiness probe's own pool).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Per-request facts the forwarder injects.
@@ -83,7 +88,13 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(50))
             .pool_max_idle_per_host(256)
             .build(https);
-        Upstream { client, timeout }
+        Upstream { client, timeout, metrics: None }
+    }
+
+    /// Counts this pool's answers (time to head) and failures (by kind) in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sends `req` upstream and returns the response head; the body streams afterwards.
@@ -99,15 +110,58 @@ impl Upstream {
             stats.sent().await;
             tokio::time::sleep(self.timeout).await;
         };
-        tokio::select! {
+        let started = Instant::now();
+        let outcome = tokio::select! {
             result = self.client.request(req) => match result {
                 Ok(response) => Ok(response),
-                Err(e) => Err(stats.failure().map_or_else(|| upstream_failed(&e), |f| f.to_error())),
+                // A request body cut off on its way is the client's doing, not the upstream's.
+                Err(e) => Err(stats.failure().map_or_else(|| (Some(error_kind(&e)), upstream_failed(&e)), |f| (None, f.to_error()))),
             },
-            () = answer_deadline => Err(GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
-                .with_reason(format!("no response within {}", humantime::format_duration(self.timeout)))),
+            () = answer_deadline => Err((Some(UpstreamError::Timeout), GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
+                .with_reason(format!("no response within {}", humantime::format_duration(self.timeout))))),
+        };
+        if let Some(metrics) = &self.metrics {
+            match &outcome {
+                Ok(_) => metrics.record_upstream(started.elapsed()),
+                Err((Some(kind), _)) => metrics.record_upstream_error(*kind),
+                Err((None, _)) => {}
+            }
         }
+        outcome.map_err(|(_, e)| e)
     }
+}
+
+/// What kind of failure a client error is, for `gateway_upstream_errors_total{kind}`.
+fn error_kind(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    use std::io::ErrorKind as Io;
+    if e.is_connect() {
+        return UpstreamError::Connect;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+                return UpstreamError::Protocol;
+            }
+            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_body_write_aborted() {
+                return UpstreamError::Reset;
+            }
+            if h.is_timeout() {
+                return UpstreamError::Timeout;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof => {
+                    return UpstreamError::Reset
+                }
+                Io::TimedOut => return UpstreamError::Timeout,
+                _ => {}
+            }
+        }
+        source = s.source();
+    }
+    UpstreamError::Other
 }
 
 fn upstream_failed(e: &hyper_util::client::legacy::Error) -> GatewayError {

@@ -14,7 +14,7 @@ use http::{Method, Uri, Version};
 use crate::access_log::{loggable_path, timestamp, AccessLog, AccessRecord};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::outcome::{AuthOutcome, Decision, Limiter};
+use crate::outcome::{AuthOutcome, Decision, Limiter, MethodClass};
 use crate::request_body::BodyStats;
 
 /// Status logged for a request whose client went away before it was answered.
@@ -135,6 +135,10 @@ impl RequestLog {
         }
         if let Some(limiter) = self.limiter {
             self.metrics.record_limited(limiter);
+        }
+        self.metrics.record_route(self.route.as_ref(), MethodClass::of(self.method.as_ref()));
+        if let (Some(user), Some(key)) = (&self.user, &self.api_key) {
+            self.metrics.top_keys.record(user, key);
         }
         let record = AccessRecord {
             time: timestamp(self.wall),

@@ -173,6 +173,11 @@ impl RouteTable {
         Ok(RouteTable { routes, fallback })
     }
 
+    /// Every route's configured path, the implicit catch-all `/` last (the metrics' route labels).
+    pub fn paths(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.routes.iter().chain(std::iter::once(&self.fallback)).map(|r| &r.path)
+    }
+
     /// The route of a decoded path alone (routes are sorted longest first).
     pub fn for_path(&self, path: &str) -> &RouteEntry {
         self.routes.iter().find(|r| r.spelling.covers_path(path)).unwrap_or(&self.fallback)

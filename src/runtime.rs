@@ -36,6 +36,11 @@ pub(crate) struct Runtime {
     /// The validated file this was compiled from, for the admin listener and reload reports;
     /// the request path reads the compiled fields above instead.
     pub(crate) config: Arc<Config>,
+    /// SHA-256 (hex) of the effective configuration as `check` prints it (secrets redacted):
+    /// equal on two instances that run the same settings, whatever the file's comments.
+    pub(crate) fingerprint: String,
+    /// When this configuration was compiled (start, or the reload that brought it).
+    pub(crate) loaded_at: std::time::SystemTime,
 }
 
 /// A `[[user]]` entry with its allowlist compiled.
@@ -76,6 +81,8 @@ impl Runtime {
             user_header: config.auth.user_header.clone(),
             full_api_key: config.log.full_api_key,
             proto: if config.server.tls.is_some() { "https" } else { "http" },
+            fingerprint: fingerprint(&config),
+            loaded_at: std::time::SystemTime::now(),
             config: Arc::new(config),
         })
     }
@@ -87,4 +94,11 @@ impl Runtime {
         }
         self.users.get(&user.to_lowercase())
     }
+}
+
+/// See [`Runtime::fingerprint`].
+fn fingerprint(config: &Config) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{config:#?}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }

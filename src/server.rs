@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
+use crate::outcome::TlsFailure;
 use crate::pipeline::{self, ConnInfo};
 use crate::request_log::RequestLog;
 use crate::state::Shared;
@@ -157,6 +158,8 @@ async fn serve_connection(
     shutdown: ShutdownSignal,
 ) {
     let _ = stream.set_nodelay(true);
+    let metrics = &listener.state.obs.metrics;
+    let _open = OpenConnection::new(&metrics.open_connections);
     // IPv4-mapped IPv6 peers (dual-stack sockets) are the IPv4 address they carry.
     let peer_ip = peer.ip().to_canonical();
     let worker = listener.worker;
@@ -173,8 +176,30 @@ async fn serve_connection(
             let info = Arc::new(ConnInfo { peer: peer_ip, tls: version, worker });
             serve_io(stream, info, listener, shutdown).await;
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        Ok(Err(e)) => {
+            metrics.record_tls_failure(TlsFailure::Error);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            metrics.record_tls_failure(TlsFailure::Timeout);
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
+
+/// Counts a client connection in `gateway_open_connections` while it lives.
+struct OpenConnection<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> OpenConnection<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        OpenConnection(gauge)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -66,6 +66,7 @@ impl Shared {
         source: Option<ConfigSource>,
         access_log: AccessLog,
     ) -> Result<Self> {
+        let metrics = Arc::new(Metrics::new());
         let new_upstream = || Upstream::new(config.upstream.connect_timeout, config.upstream.timeout);
         let frappe = Arc::new(FrappeClient::new(
             &config.frappe.url,
@@ -86,19 +87,26 @@ impl Shared {
             revocations: RevocationBus::new(&limiter),
             limiter,
         };
+        if let Some(files) = &config.server.tls {
+            match crate::tls::certificate_not_after(&files.cert) {
+                Ok(not_after) => metrics.set_certificate_expiry(Some(not_after)),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the certificate's expiry"),
+            }
+        }
+        let upstreams =
+            (0..config.server.workers).map(|_| new_upstream().with_metrics(metrics.clone())).collect();
+        let probe = new_upstream();
+        let runtime = Runtime::build(config)?;
+        metrics.register_routes(runtime.routes.paths());
         Ok(Shared {
             tls: ArcSwapOption::from(certificate.map(Arc::new)),
             source,
-            upstreams: (0..config.server.workers).map(|_| new_upstream()).collect(),
-            probe: new_upstream(),
+            upstreams,
+            probe,
             auth,
             limits,
-            obs: Observability {
-                access_log,
-                metrics: Arc::new(Metrics::new()),
-                request_ids: RequestIds::new(),
-            },
-            runtime: ArcSwap::from_pointee(Runtime::build(config)?),
+            obs: Observability { access_log, metrics, request_ids: RequestIds::new() },
+            runtime: ArcSwap::from_pointee(runtime),
         })
     }
 

@@ -45,6 +45,20 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The notAfter of the first (the leaf) certificate in a PEM chain file: when the served
+/// certificate expires.
+pub fn certificate_not_after(path: &Path) -> Result<std::time::SystemTime> {
+    let certs = read_certs(path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
+        .map_err(|e| anyhow!("{}: not an X.509 certificate: {e}", path.display()))?;
+    let secs = cert.validity().not_after.timestamp();
+    let since_epoch = std::time::Duration::from_secs(secs.unsigned_abs());
+    Ok(match secs >= 0 {
+        true => std::time::UNIX_EPOCH + since_epoch,
+        false => std::time::UNIX_EPOCH - since_epoch,
+    })
+}
+
 fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     let pem = fs::read(path).with_context(|| format!("cannot read certificate {}", path.display()))?;
     let certs = rustls_pemfile::certs(&mut BufReader::new(&pem[..]))
@@ -122,5 +136,8 @@ mod tests {
         let config = server_config(&files).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
         assert!(missing_files(&files).is_empty());
+        let not_after = certificate_not_after(&files.cert).unwrap();
+        // rcgen's default validity ends in 4096.
+        assert!(not_after > std::time::SystemTime::now() + std::time::Duration::from_secs(86400 * 365));
     }
 }

@@ -138,6 +138,8 @@ pub struct CredentialStore {
     /// `None`: unbounded (tests and benches; production always sets one).
     budget: Option<VerifyBudget>,
     clock: Clock,
+    /// Calls made to the verifier (Frappe's whoami), for metrics and the status page.
+    verify_calls: AtomicU64,
 }
 
 impl fmt::Debug for CredentialStore {
@@ -183,6 +185,7 @@ impl CredentialStore {
             allow_administrator: cfg.allow_administrator,
             budget: None,
             clock: Clock::default(),
+            verify_calls: AtomicU64::new(0),
         }
     }
 
@@ -276,7 +279,19 @@ impl CredentialStore {
         self.after_change(changed);
     }
 
-    /// Approximate number of cached valid credentials (for metrics).
+    /// Calls made to Frappe to verify a credential since start (joined requests share one).
+    pub fn verify_calls(&self) -> u64 {
+        self.verify_calls.load(Ordering::Relaxed)
+    }
+
+    /// The number of cached valid credentials, exact as of now: moka applies inserts and
+    /// removals lazily, so its count is brought up to date first (for metrics and status).
+    pub async fn entries(&self) -> u64 {
+        self.positive.run_pending_tasks().await;
+        self.positive.entry_count()
+    }
+
+    /// Approximate number of cached valid credentials (may lag behind; see [`Self::entries`]).
     pub fn len(&self) -> u64 {
         self.positive.entry_count()
     }
@@ -367,6 +382,7 @@ impl CredentialStore {
             Some(budget) => Some(budget.try_start().map_err(FlightError::OverBudget)?),
             None => None,
         };
+        self.verify_calls.fetch_add(1, Ordering::Relaxed);
         match self.verifier.verify(authorization).await {
             Ok(user) if !user.is_empty() && user != "Guest" => {
                 let standing = self.standing(probe, authorization, &user).await?;

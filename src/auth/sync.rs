@@ -3,7 +3,7 @@
 //! backoff capped at the interval. `SyncStatus` is what `/readyz` reads.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,9 +25,12 @@ pub struct SyncStatus {
 #[derive(Debug, Default)]
 struct StatusInner {
     last_success: Option<Instant>,
+    last_success_at: Option<SystemTime>,
     last_error: Option<String>,
     consecutive_failures: u32,
     users: usize,
+    runs: u64,
+    failures: u64,
 }
 
 /// A copy of the sync status at one moment.
@@ -41,6 +44,11 @@ pub struct SyncReport {
     pub consecutive_failures: u32,
     /// Users with an api_key in the last good sync.
     pub users: usize,
+    /// Wall-clock time of the last success (for metrics and the status page).
+    pub last_success_at: Option<SystemTime>,
+    /// Syncs attempted since start, and how many of them failed.
+    pub runs: u64,
+    pub failures: u64,
 }
 
 impl SyncStatus {
@@ -56,6 +64,9 @@ impl SyncStatus {
             last_error: inner.last_error.clone(),
             consecutive_failures: inner.consecutive_failures,
             users: inner.users,
+            last_success_at: inner.last_success_at,
+            runs: inner.runs,
+            failures: inner.failures,
         }
     }
 
@@ -70,7 +81,9 @@ impl SyncStatus {
     fn succeeded(&self, users: usize) -> u32 {
         let mut inner = self.lock();
         inner.last_success = Some(Instant::now());
+        inner.last_success_at = Some(SystemTime::now());
         inner.users = users;
+        inner.runs += 1;
         std::mem::take(&mut inner.consecutive_failures)
     }
 
@@ -79,6 +92,8 @@ impl SyncStatus {
         let mut inner = self.lock();
         inner.last_error = Some(error.to_string());
         inner.consecutive_failures += 1;
+        inner.runs += 1;
+        inner.failures += 1;
         inner.consecutive_failures
     }
 
@@ -288,6 +303,7 @@ mod tests {
         let report = status.report();
         assert_eq!(report.consecutive_failures, 0);
         assert_eq!(report.users, 2);
+        assert!(report.runs >= 3 && report.failures == 2 && report.last_success_at.is_some(), "{report:?}");
         assert!(report.last_error.as_deref().unwrap().contains("did not answer"));
         assert!(report.last_success_age.is_some() && status.is_fresh(Duration::from_secs(60)));
         assert_eq!(store.synced_users(), 2);
