@@ -23,7 +23,8 @@ pub fn default_url(admin: SocketAddr) -> String {
 /// GETs `url` (`http://host:port/path`) and returns the status line when the status is 200;
 /// anything else — refused, timed out, another status — is an error saying what happened.
 pub fn probe(url: &str, timeout: Duration) -> Result<String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("{url}: only http:// URLs are supported"))?;
+    let rest =
+        url.strip_prefix("http://").ok_or_else(|| anyhow!("{url}: only http:// URLs are supported"))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -33,7 +34,8 @@ pub fn probe(url: &str, timeout: Duration) -> Result<String> {
         .with_context(|| format!("{url}: cannot resolve {authority}"))?
         .next()
         .ok_or_else(|| anyhow!("{url}: {authority} has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("{url}: cannot connect"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("{url}: cannot connect"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: frappe-gateway-health\r\n\r\n");
@@ -72,7 +74,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
-            for answer in ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", "HTTP/1.1 503 Service Unavailable\r\n\r\n"] {
+            for answer in
+                ["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", "HTTP/1.1 503 Service Unavailable\r\n\r\n"]
+            {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut buf = [0u8; 512];
                 let _ = s.read(&mut buf).unwrap();

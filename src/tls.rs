@@ -140,7 +140,9 @@ pub fn inspect(files: &TlsFiles) -> Result<CertificateInfo, InspectError> {
                 files.cert.display()
             ),
         )),
-        Err(e) => Err(fail(TlsFile::Key, anyhow!("{} cannot be used as a TLS key: {e}", files.key.display()))),
+        Err(e) => {
+            Err(fail(TlsFile::Key, anyhow!("{} cannot be used as a TLS key: {e}", files.key.display())))
+        }
     }
 }
 

@@ -29,11 +29,7 @@ impl SourceInfo {
     pub fn read(file: &str, src: &str) -> SourceInfo {
         let doc: toml::Table = toml::from_str(src).unwrap_or_default();
         let text = |table: &str, key: &str, default: &str| {
-            doc.get(table)
-                .and_then(|t| t.get(key))
-                .and_then(|v| v.as_str())
-                .unwrap_or(default)
-                .to_string()
+            doc.get(table).and_then(|t| t.get(key)).and_then(|v| v.as_str()).unwrap_or(default).to_string()
         };
         let route_paths = doc
             .get("route")
@@ -148,7 +144,9 @@ pub fn render(config: &Config, source: &SourceInfo) -> String {
     };
     out.kv("backend", quote(backend));
     match r.backend {
-        RateLimitBackend::Redis => out.secret("redis_url_env", &source.redis_url_env, r.redis_url.as_ref(), ""),
+        RateLimitBackend::Redis => {
+            out.secret("redis_url_env", &source.redis_url_env, r.redis_url.as_ref(), "")
+        }
         RateLimitBackend::Local => out.kv("redis_url_env", quote(&source.redis_url_env)),
     }
     out.kv("redis_timeout", duration(r.redis_timeout));
@@ -312,13 +310,16 @@ mod tests {
     fn sample_renders_as_toml_that_reads_back_the_same() {
         let (first, second) = round_trip(SAMPLE);
         // Route comments name the index in the file read; the rest must be identical.
-        let strip = |s: &str| s.lines().filter(|l| !l.starts_with("[[route]]")).collect::<Vec<_>>().join("\n");
+        let strip =
+            |s: &str| s.lines().filter(|l| !l.starts_with("[[route]]")).collect::<Vec<_>>().join("\n");
         assert_eq!(strip(&first), strip(&second));
         assert!(first.contains("max_body_bytes = 26214400"), "{first}");
         assert!(first.contains("per_ip = \"10/min\""), "{first}");
         assert!(first.contains("stale_if_error = \"1h\""), "{first}");
         assert!(first.contains("url = \"http://127.0.0.1:8000\"\n"), "{first}");
-        assert!(first.contains("[[route]]  # route[3] in the file\npath = \"/api/method/frappe.client.get_password\""));
+        assert!(first.contains(
+            "[[route]]  # route[3] in the file\npath = \"/api/method/frappe.client.get_password\""
+        ));
         assert!(first.contains("sync_token_env = \"GATEWAY_SYNC_TOKEN\"  # set: <redacted>"), "{first}");
         assert!(first.contains("webhook_secret_env = \"GATEWAY_WEBHOOK_SECRET\"  # not set"), "{first}");
         assert!(!first.contains("topsecret456"), "{first}");

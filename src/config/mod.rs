@@ -40,7 +40,6 @@ pub fn load_with_source(path: &Path) -> Result<(Config, SourceInfo), ConfigError
 
 /// `path` made absolute (symlinks resolved when it exists), for messages.
 pub fn absolute(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| {
-        std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path))
-    })
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path)))
 }

@@ -124,8 +124,9 @@ fn describe_found(found: &str) -> String {
 fn describe_expected(expected: &str) -> String {
     let e = expected.trim();
     match e {
-        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128"
-        | "isize" => "an integer".to_string(),
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" | "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => {
+            "an integer".to_string()
+        }
         "f32" | "f64" => "a number".to_string(),
         "a boolean" | "a string" => e.to_string(),
         "a sequence" => "an array".to_string(),
