@@ -146,11 +146,10 @@ fn warns_open_token_route_without_rate_limit() {
     );
     let line = expect_warning(&config, "route[0]", "accepts every address");
     assert!(line.contains("network.allow[1] is 0.0.0.0/0") && line.contains("no rate limit"), "{line}");
-    // On the route's own allow, IPv6 too.
+    // A network.allow that leaves addresses out closes the route.
     let config = clean(&certs)
         .build()
-        .replace("[rate_limit]\nper_ip = \"600/min\"\n", "[network]\nallow = [\"10.0.0.0/8\"]\n")
-        .replace("auth = \"token\"\n", "auth = \"token\"\n");
+        .replace("[rate_limit]\nper_ip = \"600/min\"\n", "[network]\nallow = [\"10.0.0.0/8\"]\n");
     assert_eq!(check(&config, true).code(), Some(0), "network.allow closes the route");
 }
 
