@@ -36,6 +36,9 @@ enum Command {
         /// Warnings fail the check too (exit 1).
         #[arg(long)]
         strict: bool,
+        /// Do not print the effective config; only findings and the verdict (stderr).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Write a self-signed development certificate and key.
     GenCert {
@@ -61,7 +64,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { strict }) => check(&cli.config, strict),
+        Some(Command::Check { strict, quiet }) => check(&cli.config, strict, quiet),
         Some(Command::GenCert { hosts, out }) => gen_cert(&hosts, &out),
         Some(Command::Health { url, timeout }) => health(&cli.config, url, timeout),
         None => run(&cli.config),
@@ -79,7 +82,7 @@ fn err(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
-fn check(path: &Path, strict: bool) -> ExitCode {
+fn check(path: &Path, strict: bool, quiet: bool) -> ExitCode {
     let (config, source) = match config::load_with_source(path) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -88,7 +91,9 @@ fn check(path: &Path, strict: bool) -> ExitCode {
         }
     };
     let report = check::run(&config, &source, SystemTime::now());
-    out(&config::effective::render(&config, &source));
+    if !quiet {
+        out(&config::effective::render(&config, &source));
+    }
     err(&report.render(&source.file, strict));
     ExitCode::from(report.exit_code(strict))
 }

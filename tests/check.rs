@@ -511,3 +511,34 @@ async fn health_asks_the_running_gateway() {
         String::from_utf8_lossy(&down.stderr)
     );
 }
+
+/// The shipped Docker config passes `check` (with test certificates at its paths' place):
+/// only the admin-listener warning it accepts on purpose; and docker-compose.yml gives the
+/// gateways more time to stop than `server.shutdown_grace`.
+#[test]
+fn docker_deployment_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let certs = Certs::generate();
+    let toml = std::fs::read_to_string(root.join("deploy/gateway.docker.toml")).unwrap();
+    let toml = toml
+        .replace("/etc/frappe-gateway/certs/gateway.crt", &certs.cert_path.display().to_string())
+        .replace("/etc/frappe-gateway/certs/gateway.key", &certs.key_path.display().to_string());
+    let out =
+        run(&["check", "--quiet"], &toml, &[SYNC, WEBHOOK, ("GATEWAY_REDIS_URL", "redis://redis:6379/0")]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "--quiet prints no config: {}", out.stdout);
+    let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{}", out.stderr);
+    assert!(warnings[0].starts_with("warning: admin.listen:"), "{}", out.stderr);
+
+    let table: toml::Table = toml::from_str(&toml).unwrap();
+    let grace = humantime::parse_duration(table["server"]["shutdown_grace"].as_str().unwrap()).unwrap();
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let stop = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stop_grace_period:"))
+        .map(|v| humantime::parse_duration(v.trim()).unwrap())
+        .expect("stop_grace_period in docker-compose.yml");
+    assert!(stop > grace, "stop_grace_period {stop:?} must exceed server.shutdown_grace {grace:?}");
+    assert!(compose.contains("./deploy/gateway.docker.toml:/etc/frappe-gateway/gateway.toml:ro"));
+}
