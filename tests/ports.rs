@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{http_client, write_temp_config, ConfigBuilder, FakeFrappe, Gateway};
+use common::{http_client, write_temp_config, ConfigBuilder, FakeFrappe, GatewayProcess};
 
 const PUBLIC: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 
@@ -23,7 +23,7 @@ fn config_on(frappe: &FakeFrappe, listen: &str, workers: usize) -> String {
 /// Starts the binary on a config whose proxy address is taken; it must exit 1 promptly.
 fn expect_refused(config: &str, addr: SocketAddr) -> String {
     let (_dir, path) = write_temp_config(config);
-    let (status, _stdout, stderr) = Gateway::run_to_exit(&["--config", path.to_str().unwrap()], &[]);
+    let (status, _stdout, stderr) = GatewayProcess::run_to_exit(&["--config", path.to_str().unwrap()], &[]);
     assert_eq!(status.code(), Some(1), "second owner of {addr} must exit 1:\n{stderr}");
     assert!(stderr.contains("server.listen"), "names the key: {stderr}");
     assert!(stderr.contains(&addr.to_string()), "names the address: {stderr}");
@@ -33,7 +33,7 @@ fn expect_refused(config: &str, addr: SocketAddr) -> String {
 
 /// Sends `requests` requests through `gateway`, each a new connection (so the kernel picks a
 /// listener each time); returns the last one's request id.
-async fn assert_serves(gateway: &Gateway, requests: usize) -> String {
+async fn assert_serves(gateway: &GatewayProcess, requests: usize) -> String {
     let mut last = String::new();
     for i in 0..requests {
         let client = http_client();
@@ -48,7 +48,7 @@ async fn assert_serves(gateway: &Gateway, requests: usize) -> String {
 #[tokio::test]
 async fn second_instance_on_the_same_address_exits_1_and_the_first_keeps_serving() {
     let frappe = FakeFrappe::start().await;
-    let first = Gateway::start(&config_on(&frappe, "127.0.0.1:0", 2), &[]).await;
+    let first = GatewayProcess::start(&config_on(&frappe, "127.0.0.1:0", 2), &[]).await;
     let addr = first.proxy_addr();
     assert_serves(&first, 3).await;
 
@@ -88,12 +88,12 @@ async fn a_foreign_listener_with_or_without_reuseport_is_refused() {
 #[tokio::test]
 async fn several_workers_share_one_port_and_a_restart_on_it_works() {
     let frappe = FakeFrappe::start().await;
-    let first = Gateway::start(&config_on(&frappe, "127.0.0.1:0", 4), &[]).await;
+    let first = GatewayProcess::start(&config_on(&frappe, "127.0.0.1:0", 4), &[]).await;
     let addr = first.proxy_addr();
     assert_serves(&first, 8).await;
     drop(first);
     // Once the owner is gone, the same address is free again (SO_REUSEADDR: TIME_WAIT is fine).
-    let again = Gateway::start(&config_on(&frappe, &addr.to_string(), 4), &[]).await;
+    let again = GatewayProcess::start(&config_on(&frappe, &addr.to_string(), 4), &[]).await;
     assert_eq!(again.proxy_addr(), addr);
     assert_serves(&again, 4).await;
 }
