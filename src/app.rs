@@ -261,8 +261,3 @@ fn load_certificate(files: &TlsFiles, self_signed_if_missing: bool) -> Result<tl
     }
     tls::Certificate::load(files).map_err(|e| StartError::Config(format!("{e:#}")))
 }
-
-/// The effective configuration as `check` prints it; secrets show as `<redacted>`.
-pub fn describe(config: &Config) -> String {
-    format!("{config:#?}")
-}

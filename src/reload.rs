@@ -39,16 +39,7 @@ impl ConfigSource {
 
     /// Reads and validates the file, with the same key-and-line errors as at start.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let file = self.path.display().to_string();
-        let src = std::fs::read_to_string(&self.path).map_err(|e| ConfigError {
-            file: file.clone(),
-            issues: vec![config::ConfigIssue {
-                key: "--config".into(),
-                line: 0,
-                message: format!("cannot read file: {e}"),
-            }],
-        })?;
-        config::parse(&src, &file, &*self.env)
+        config::load_with_env(&self.path, &*self.env)
     }
 }
 
@@ -108,14 +99,17 @@ fn apply(shared: &Shared, mut new: Config) -> Result<ReloadReport, ReloadError> 
         Some(files) => Some(tls::Certificate::load(files).map_err(ReloadError::Certificate)?),
         None => None,
     };
+    let not_after = new.server.tls.as_ref().and_then(|files| tls::certificate_not_after(&files.cert).ok());
     let runtime = Runtime::build(new).map_err(ReloadError::Build)?;
     if let Some(certificate) = certificate {
         let current = shared.tls.load();
         if current.as_ref().is_none_or(|c| c.fingerprint != certificate.fingerprint) {
             report.changed.push("tls_certificate");
+            shared.obs.metrics.set_certificate_expiry(not_after);
         }
         shared.tls.store(Some(Arc::new(certificate)));
     }
+    shared.obs.metrics.register_routes(runtime.routes.paths());
     shared.swap_runtime(runtime);
     Ok(report)
 }

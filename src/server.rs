@@ -35,22 +35,65 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 
 /// Binds `workers` listeners on one address with SO_REUSEPORT, so the kernel spreads new
 /// connections over the proxy workers. Port 0 picks one ephemeral port for all of them.
+/// Refuses (naming `server.listen`) when another process already listens on the address:
+/// SO_REUSEPORT is only for this process's own workers, see [`ensure_sole_owner`].
 /// Must run inside a Tokio runtime; the listeners are handed over as std sockets.
 pub fn bind_workers(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>> {
-    let mut addr = addr;
-    let mut listeners = Vec::with_capacity(workers);
-    for _ in 0..workers.max(1) {
+    let new_socket = |addr: SocketAddr| {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
             .with_context(|| format!("cannot create a socket for {addr}"))?;
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
-        socket.bind(addr).with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
-        let listener =
-            socket.listen(1024).with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
-        addr = listener.local_addr()?;
-        listeners.push(listener.into_std()?);
+        socket.bind(addr).map_err(|e| in_use_error(addr, e))?;
+        Ok::<_, anyhow::Error>(socket)
+    };
+    // Bound, not yet listening: the probe below must not collide with our own socket.
+    let first = new_socket(addr)?;
+    let addr = first.local_addr()?;
+    ensure_sole_owner(addr)?;
+    let mut sockets = vec![first];
+    for _ in 1..workers.max(1) {
+        sockets.push(new_socket(addr)?);
     }
-    Ok(listeners)
+    sockets
+        .into_iter()
+        .map(|socket| {
+            let listener =
+                socket.listen(1024).with_context(|| format!("cannot listen on {addr} (server.listen)"))?;
+            Ok(listener.into_std()?)
+        })
+        .collect()
+}
+
+/// Fails when a socket of another process is listening on `addr` (which our first worker
+/// socket has just bound, without listening yet).
+///
+/// Why a probe bind works on Linux: a socket with SO_REUSEPORT joins a port where others
+/// with SO_REUSEPORT (and the same user) listen — so our own bind cannot tell a second
+/// gateway instance from our own workers. A probe socket with SO_REUSEADDR but *without*
+/// SO_REUSEPORT conflicts with every socket in LISTEN state on the address, whoever owns it,
+/// and with none that is merely bound with SO_REUSEADDR (our first worker socket). So the
+/// probe binds exactly when nobody listens there yet. It is closed at once; our workers
+/// listen right after. Two instances started in the same instant could both pass (each
+/// probes before the other listens), but one started next to a running gateway — the
+/// mistake this guards against — always fails here.
+fn ensure_sole_owner(addr: SocketAddr) -> Result<()> {
+    let probe = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .with_context(|| format!("cannot create a socket for {addr}"))?;
+    probe.set_reuseaddr(true)?;
+    probe.bind(addr).map_err(|e| in_use_error(addr, e))?;
+    Ok(())
+}
+
+fn in_use_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot listen on {addr} (server.listen): another process is already listening there \
+             (is a second gateway running?)"
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("cannot listen on {addr} (server.listen)"))
+    }
 }
 
 /// One proxy worker: accepts and serves connections until shutdown, then lets in-flight

@@ -114,6 +114,115 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     file.write_all(data).with_context(|| format!("writing {}", path.display()))
 }
 
+/// What `check` reports about the configured certificate: its leaf's names and validity.
+#[derive(Debug, Clone)]
+pub struct CertificateInfo {
+    /// The leaf's subject, e.g. `CN=erp.example.com`.
+    pub subject: String,
+    pub issuer: String,
+    /// Subject alternative names: DNS names and IP addresses, as written in the certificate.
+    pub sans: Vec<String>,
+    pub not_before: std::time::SystemTime,
+    pub not_after: std::time::SystemTime,
+    /// Certificates in the file (leaf first, then intermediates).
+    pub chain_len: usize,
+    pub self_signed: bool,
+}
+
+/// Which of the two TLS files an [`InspectError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
+/// Why [`inspect`] refused the TLS files; `message` names the file.
+#[derive(Debug, Clone)]
+pub struct InspectError {
+    pub file: TlsFile,
+    pub message: String,
+}
+
+impl std::fmt::Display for InspectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InspectError {}
+
+/// Reads the certificate chain and key the way [`server_config`] would, and also parses the
+/// leaf as X.509. Fails, naming the file, when either file is missing or unreadable, is not
+/// PEM, holds no certificate / key, the leaf is not valid X.509, or the key does not belong to
+/// the leaf. Validity dates are returned, not judged: the caller compares them with the clock.
+pub fn inspect(files: &TlsFiles) -> Result<CertificateInfo, InspectError> {
+    let fail = |file: TlsFile, e: anyhow::Error| InspectError { file, message: format!("{e:#}") };
+    let certs = read_certs(&files.cert).map_err(|e| fail(TlsFile::Cert, e))?;
+    let info = leaf_info(&certs[0], certs.len())
+        .with_context(|| format!("{} holds an unreadable certificate", files.cert.display()))
+        .map_err(|e| fail(TlsFile::Cert, e))?;
+    let key = read_key(&files.key).map_err(|e| fail(TlsFile::Key, e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    match rustls::sign::CertifiedKey::from_der(certs, key, &provider) {
+        Ok(_) => Ok(info),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => Err(fail(
+            TlsFile::Key,
+            anyhow!(
+                "the private key in {} does not match the certificate in {}",
+                files.key.display(),
+                files.cert.display()
+            ),
+        )),
+        Err(e) => {
+            Err(fail(TlsFile::Key, anyhow!("{} cannot be used as a TLS key: {e}", files.key.display())))
+        }
+    }
+}
+
+fn leaf_info(der: &[u8], chain_len: usize) -> Result<CertificateInfo> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| anyhow!("{e}"))?;
+    let time = |t: &x509_parser::time::ASN1Time| {
+        let secs = t.timestamp();
+        let magnitude = std::time::Duration::from_secs(secs.unsigned_abs());
+        if secs >= 0 {
+            std::time::UNIX_EPOCH + magnitude
+        } else {
+            std::time::UNIX_EPOCH - magnitude
+        }
+    };
+    let sans = match cert.subject_alternative_name().map_err(|e| anyhow!("subjectAltName: {e}"))? {
+        Some(ext) => ext
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(dns) => Some(dns.to_string()),
+                GeneralName::IPAddress(bytes) => ip_from_bytes(bytes).map(|ip| ip.to_string()),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(CertificateInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        sans,
+        not_before: time(&cert.validity().not_before),
+        not_after: time(&cert.validity().not_after),
+        chain_len,
+        self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
+    })
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
 /// The negotiated TLS version, for the access log.
 pub fn version_name(v: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
     match v? {
@@ -139,5 +248,27 @@ mod tests {
         let not_after = certificate_not_after(&files.cert).unwrap();
         // rcgen's default validity ends in 4096.
         assert!(not_after > std::time::SystemTime::now() + std::time::Duration::from_secs(86400 * 365));
+    }
+
+    #[test]
+    fn inspect_reads_names_and_dates_and_rejects_a_foreign_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles { cert: dir.path().join("g.crt"), key: dir.path().join("g.key") };
+        write_self_signed(&["api.example.com".into()], &files.cert, &files.key).unwrap();
+        let info = inspect(&files).unwrap();
+        assert_eq!(info.sans, ["api.example.com", "localhost", "127.0.0.1", "::1"]);
+        assert!(info.self_signed && info.chain_len == 1);
+        assert!(info.not_before <= std::time::SystemTime::now() && info.not_after > info.not_before);
+
+        let other = TlsFiles { cert: dir.path().join("o.crt"), key: dir.path().join("o.key") };
+        write_self_signed(&[], &other.cert, &other.key).unwrap();
+        let mixed = TlsFiles { cert: files.cert.clone(), key: other.key.clone() };
+        let e = inspect(&mixed).unwrap_err().to_string();
+        assert!(e.contains("does not match"), "{e}");
+
+        fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        assert!(inspect(&files).is_err());
+        let gone = TlsFiles { cert: dir.path().join("none.crt"), key: files.key.clone() };
+        assert!(inspect(&gone).unwrap_err().to_string().contains("none.crt"));
     }
 }

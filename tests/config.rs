@@ -118,7 +118,7 @@ fn check_prints_effective_config_with_secrets_redacted() {
         run(&["check"], &config, &[("FGW_TEST_SYNC", secret), ("GATEWAY_WEBHOOK_SECRET", "whsecret-xyz")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("max_body_bytes: 26214400"), "defaults shown: {stdout}");
+    assert!(stdout.contains("max_body_bytes = 26214400"), "defaults shown: {stdout}");
     assert!(stdout.contains("<redacted>"), "{stdout}");
     assert!(
         !stdout.contains("fedcba987654321") && !stdout.contains("whsecret-xyz"),

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::raw::*;
+use super::toml_errors::{humanize, key_at};
 use super::types::*;
 use super::values::*;
 
@@ -91,15 +92,19 @@ impl Validator<'_> {
         self.issues.push(ConfigIssue { key: key.to_string(), line, message: message.into() });
     }
 
+    /// A syntax, type or unknown-key error from the TOML deserializer, named by the key at
+    /// its span (`route[0].pth`), falling back to the enclosing table for unknown keys.
     fn toml_error(&mut self, e: &toml::de::Error) {
-        let message = e.message().trim().to_string();
-        let key = match (unknown_field_name(&message), e.span()) {
-            (Some(field), Some(span)) => match enclosing_table(self.src, span.start) {
+        let message = humanize(e.message().trim());
+        let at_span = e.span().and_then(|span| key_at(self.src, span.start));
+        let key = match (at_span, unknown_field_name(&message), e.span()) {
+            (Some(key), _, _) => key,
+            (None, Some(field), Some(span)) => match enclosing_table(self.src, span.start) {
                 Some(table) => format!("{table}.{field}"),
                 None => field,
             },
-            (Some(field), None) => field,
-            (None, _) => "gateway.toml".to_string(),
+            (None, Some(field), None) => field,
+            (None, None, _) => "gateway.toml".to_string(),
         };
         self.issue(&key, e.span(), message);
     }
@@ -342,6 +347,7 @@ impl Validator<'_> {
         let redis_url =
             self.secret_env("rate_limit.redis_url_env", &r.redis_url_env, "GATEWAY_REDIS_URL", redis);
         let redis_url = if redis { redis_url } else { None };
+        let redis_url = redis_url.and_then(|url| self.redis_url_shape(&r.redis_url_env, url));
         RateLimitConfig {
             backend,
             redis_url,
@@ -350,6 +356,31 @@ impl Validator<'_> {
             per_ip: self.rate("rate_limit.per_ip", &r.per_ip),
             failed_auth_per_ip: self.rate("rate_limit.failed_auth_per_ip", &r.failed_auth_per_ip),
             lockout: self.duration("rate_limit.lockout", &r.lockout, "10m"),
+        }
+    }
+
+    /// The Redis URL must parse the way the Redis client reads it, so a typo is a config
+    /// error (exit 2) here rather than a failure at start; the message never shows the URL,
+    /// which may hold a password.
+    fn redis_url_shape(&mut self, raw: &S<String>, url: Secret) -> Option<Secret> {
+        use redis::IntoConnectionInfo as _;
+        match url.expose().into_connection_info() {
+            Ok(_) => Some(url),
+            Err(e) => {
+                let span = raw.as_ref().map(|s| s.span());
+                // Display is "<description>- <kind>"; the descriptions are fixed texts.
+                let text = e.to_string();
+                let why = text.split_once("- ").map_or(text.as_str(), |(d, _)| d).trim().to_string();
+                self.issue(
+                    "rate_limit.redis_url_env",
+                    span,
+                    format!(
+                        "the variable's value is not a Redis URL ({why}); use e.g. \"redis://host:6379/0\" \
+                         or \"redis://:password@host:6379/0\""
+                    ),
+                );
+                None
+            }
         }
     }
 

@@ -66,6 +66,37 @@ impl Certs {
     }
 }
 
+impl Certs {
+    /// A leaf from the same CA valid only between the two `(year, month, day)` dates (for
+    /// expired and not-yet-valid certificates), written as `<name>.crt` (leaf + CA) and
+    /// `<name>.key` in the temp dir. Returns (cert path, key path).
+    pub fn issue_dated(&self, name: &str, from: (i32, u8, u8), to: (i32, u8, u8)) -> (PathBuf, PathBuf) {
+        let mut params = leaf_params();
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+        self.write_leaf(name, params)
+    }
+
+    /// A leaf like the server's but for `names` (DNS names or IP literals), as
+    /// [`Certs::issue_dated`] writes it.
+    pub fn issue_for(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("leaf params");
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
+        self.write_leaf(name, params)
+    }
+
+    fn write_leaf(&self, name: &str, params: CertificateParams) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("leaf key");
+        let leaf = params.signed_by(&key, &self.ca_cert, &self.ca_key).expect("sign leaf");
+        let (cert_path, key_path) =
+            (self.dir().join(format!("{name}.crt")), self.dir().join(format!("{name}.key")));
+        std::fs::write(&cert_path, format!("{}{}", leaf.pem(), self.ca_pem)).expect("write leaf");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write leaf key");
+        (cert_path, key_path)
+    }
+}
+
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     params.distinguished_name.push(DnType::CommonName, "frappe-gateway test CA");
