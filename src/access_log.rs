@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
@@ -22,14 +22,24 @@ const QUEUE_LINES: usize = 64 * 1024;
 /// How often the writer wakes to write what queued up. Waking per line would cost a thread
 /// wake-up (futex + context switch) per request; this bounds how stale the file can be.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);
+/// How often lost lines are reported in the application log.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything one access-log line says about a request. Never holds a secret.
 #[derive(Debug, Serialize)]
 pub struct AccessRecord {
     pub time: String,
     pub request_id: Arc<str>,
+    /// The client as resolved through trusted proxies (`X-Forwarded-For`).
     pub client_ip: IpAddr,
+    /// The address the connection came from (a trusted proxy, or the client itself).
+    pub peer: IpAddr,
     pub method: String,
+    /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the client asked for.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "header_text")]
+    pub host: Option<http::HeaderValue>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "header_text")]
+    pub user_agent: Option<http::HeaderValue>,
     /// Path plus query *keys* only: query values can hold secrets (`sid`, `api_secret`).
     pub path: String,
     pub protocol: &'static str,
@@ -38,6 +48,12 @@ pub struct AccessRecord {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// The backend the request went to (`host:port` of its route's upstream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Arc<str>>,
+    /// Time from sending upstream to the upstream's response head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<f64>,
     pub latency_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -62,8 +78,31 @@ pub struct AccessRecord {
 #[derive(Clone)]
 pub struct AccessLog {
     tx: Option<SyncSender<Vec<u8>>>,
-    dropped: Arc<AtomicU64>,
+    dropped: Arc<Drops>,
     writer: Option<Arc<Writer>>,
+}
+
+/// Lines lost — the queue was full, or the disk refused the write (full, read-only) — counted
+/// for the metrics and reported in the application log at most once a minute.
+#[derive(Default)]
+struct Drops {
+    count: AtomicU64,
+    /// Seconds since `since` of the last report (0: never).
+    reported_at: AtomicU64,
+    since: OnceLock<std::time::Instant>,
+}
+
+impl Drops {
+    fn add(&self, n: u64, why: &dyn std::fmt::Display) {
+        let total = self.count.fetch_add(n, Ordering::Relaxed) + n;
+        let since = *self.since.get_or_init(std::time::Instant::now);
+        let now = since.elapsed().as_secs() + 1;
+        let last = self.reported_at.load(Ordering::Relaxed);
+        let due = last == 0 || now >= last + REPORT_EVERY.as_secs();
+        if due && self.reported_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            tracing::warn!(dropped_total = total, reason = %why, "access-log lines dropped; requests go on unlogged");
+        }
+    }
 }
 
 /// The writer thread and the handshake that lets shutdown wait for the last lines.
@@ -78,7 +117,7 @@ struct Writer {
 impl AccessLog {
     /// Starts the writer thread. Fails only when a log file cannot be opened.
     pub fn start(target: &AccessLogTarget) -> io::Result<Self> {
-        let dropped = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(Drops::default());
         let (out, path): (Box<dyn Write + Send>, _) = match target {
             AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped, writer: None }),
             AccessLogTarget::Stdout => (Box::new(io::stdout()), None),
@@ -86,7 +125,11 @@ impl AccessLog {
         };
         let (tx, rx) = sync_channel(QUEUE_LINES);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let drops = dropped.clone();
+        // The writer reports to whatever logs the gateway (its own subscriber in tests).
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
         thread::Builder::new().name("access-log".into()).spawn(move || {
+            let _logging = tracing::dispatcher::set_default(&dispatch);
             let writer = Arc::new(Writer {
                 thread: thread::current(),
                 closing: AtomicBool::new(false),
@@ -94,7 +137,7 @@ impl AccessLog {
                 drained: (Mutex::new(false), Condvar::new()),
             });
             let _ = ready_tx.send(writer.clone());
-            write_lines(&rx, out, path.as_deref(), &writer);
+            write_lines(&rx, out, path.as_deref(), &writer, &drops);
         })?;
         let writer = ready_rx.recv().map_err(|_| io::Error::other("access-log writer did not start"))?;
         Ok(AccessLog { tx: Some(tx), dropped, writer: Some(writer) })
@@ -128,19 +171,25 @@ impl AccessLog {
         }
         line.push(b'\n');
         if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.add(1, &"the writer fell behind (queue full)");
         }
     }
 
     /// Lines dropped because the writer fell behind.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.count.load(Ordering::Relaxed)
     }
 }
 
 /// Every `WRITE_INTERVAL` (or when shutdown asks), writes all queued lines in large writes
 /// and flushes.
-fn write_lines(rx: &Receiver<Vec<u8>>, out: Box<dyn Write + Send>, path: Option<&Path>, writer: &Writer) {
+fn write_lines(
+    rx: &Receiver<Vec<u8>>,
+    out: Box<dyn Write + Send>,
+    path: Option<&Path>,
+    writer: &Writer,
+    drops: &Drops,
+) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     loop {
         let closing = writer.closing.load(Ordering::Acquire);
@@ -150,13 +199,21 @@ fn write_lines(rx: &Receiver<Vec<u8>>, out: Box<dyn Write + Send>, path: Option<
         let open = loop {
             match rx.try_recv() {
                 Ok(line) => {
-                    let _ = out.write_all(&line);
+                    if let Err(e) = out.write_all(&line) {
+                        drops.add(1, &e);
+                    }
                 }
                 Err(TryRecvError::Empty) => break true,
                 Err(TryRecvError::Disconnected) => break false,
             }
         };
-        let _ = out.flush();
+        if let Err(e) = out.flush() {
+            // What the buffer held is lost; start clean so later lines can still be written.
+            let lost = out.buffer().iter().filter(|b| **b == b'\n').count() as u64;
+            drops.add(lost.max(1), &e);
+            let inner = std::mem::replace(out.get_mut(), Box::new(io::sink()));
+            out = BufWriter::with_capacity(64 * 1024, inner);
+        }
         if closing || !open {
             break;
         }
@@ -184,6 +241,25 @@ fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, path: Option<&Path>) {
         Err(e) => {
             tracing::error!(path = %path.display(), error = %e, "cannot reopen the access log; still writing to the old file")
         }
+    }
+}
+
+/// A header value as text; bytes that are not visible ASCII become `?` (never a raw byte).
+fn header_text<S: serde::Serializer>(
+    value: &Option<http::HeaderValue>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value.as_ref().map(|v| v.to_str()) {
+        Some(Ok(text)) => serializer.serialize_str(text),
+        Some(Err(_)) => {
+            let lossy: String = value
+                .iter()
+                .flat_map(|v| v.as_bytes())
+                .map(|b| if b.is_ascii_graphic() || *b == b' ' { *b as char } else { '?' })
+                .collect();
+            serializer.serialize_str(&lossy)
+        }
+        None => serializer.serialize_none(),
     }
 }
 

@@ -29,6 +29,9 @@ pub(crate) struct RequestLog {
     written: bool,
     pub(crate) request_id: Arc<str>,
     pub(crate) client_ip: IpAddr,
+    pub(crate) peer: IpAddr,
+    host: Option<http::HeaderValue>,
+    user_agent: Option<http::HeaderValue>,
     /// `None` for a request hyper could not parse.
     method: Option<Method>,
     uri: Option<Uri>,
@@ -36,6 +39,8 @@ pub(crate) struct RequestLog {
     pub(crate) tls: Option<&'static str>,
     pub(crate) status: u16,
     pub(crate) upstream_status: Option<u16>,
+    pub(crate) upstream: Option<Arc<str>>,
+    pub(crate) upstream_time: Option<std::time::Duration>,
     /// Updated by the request body as it streams upstream.
     pub(crate) body_stats: Option<Arc<BodyStats>>,
     bytes_out: u64,
@@ -66,12 +71,21 @@ impl RequestLog {
             written: false,
             request_id,
             client_ip,
+            peer: client_ip,
+            host: req
+                .headers()
+                .get(http::header::HOST)
+                .cloned()
+                .or_else(|| req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())),
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             method: Some(req.method().clone()),
             uri: Some(req.uri().clone()),
             version: req.version(),
             tls: None,
             status: CLIENT_CLOSED,
             upstream_status: None,
+            upstream: None,
+            upstream_time: None,
             body_stats: None,
             bytes_out: 0,
             route: None,
@@ -99,7 +113,7 @@ impl RequestLog {
     ) {
         let req = http::Request::new(());
         let mut log = RequestLog::begin(sink, metrics, &req, request_id, client_ip);
-        (log.method, log.uri, log.status, log.tls) = (None, None, status, tls);
+        (log.method, log.uri, log.status, log.tls, log.peer) = (None, None, status, tls, client_ip);
         (log.decision, log.reason) = (Decision::Deny, Some(Cow::Borrowed(reason)));
         log.finish(0);
     }
@@ -144,12 +158,17 @@ impl RequestLog {
             time: timestamp(self.wall),
             request_id: self.request_id.clone(),
             client_ip: self.client_ip,
+            peer: self.peer,
+            host: self.host.take(),
+            user_agent: self.user_agent.take(),
             method: self.method.as_ref().map_or_else(|| "-".to_string(), Method::to_string),
             path: self.uri.as_ref().map_or_else(|| "-".to_string(), loggable_path),
             protocol: protocol_name(self.version),
             tls: self.tls,
             status: self.status,
             upstream_status: self.upstream_status,
+            upstream: self.upstream.take(),
+            upstream_ms: self.upstream_time.map(|t| (t.as_micros() as f64) / 1000.0),
             latency_ms: (latency.as_micros() as f64) / 1000.0,
             bytes_in: self.body_stats.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed)),
             bytes_out: self.bytes_out,

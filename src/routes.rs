@@ -26,6 +26,15 @@ pub struct Target {
     pub site_name: Option<HeaderValue>,
     /// The Frappe site itself (not a `[[route]] upstream` backend): Frappe's dispatch applies.
     pub frappe: bool,
+    /// `host:port` of `base`, for the access log.
+    pub address: Arc<str>,
+}
+
+/// `host:port` of an upstream URL (the port the scheme implies when none is given).
+pub fn address_of(base: &Uri) -> Arc<str> {
+    let host = base.host().unwrap_or("-");
+    let port = base.port_u16().unwrap_or(if base.scheme_str() == Some("https") { 443 } else { 80 });
+    Arc::from(format!("{host}:{port}"))
 }
 
 /// A configured route with its precomputed target and spellings.
@@ -221,6 +230,7 @@ fn route_entry(
             host: header_value(url.authority().map_or("", |a| a.as_str()))?,
             site_name: None,
             frappe: false,
+            address: address_of(url),
         }),
         None => default_target.clone(),
     };
@@ -255,6 +265,7 @@ mod tests {
             host: HeaderValue::from_static("erp"),
             site_name: None,
             frappe: true,
+            address: Arc::from("127.0.0.1:8000"),
         });
         let mut entries: Vec<RouteEntry> = routes
             .iter()

@@ -12,7 +12,7 @@ use http::header::HeaderName;
 use crate::config::{Config, Rate, UserPolicy};
 use crate::policy::{ClientIpResolver, IpPolicy};
 use crate::request_body::BodyLimits;
-use crate::routes::{header_value, RouteTable, Target};
+use crate::routes::{address_of, header_value, RouteTable, Target};
 
 /// See the module docs.
 pub(crate) struct Runtime {
@@ -56,6 +56,7 @@ impl Runtime {
             host: header_value(&config.upstream.host)?,
             site_name: config.upstream.site_name.as_deref().map(header_value).transpose()?,
             frappe: true,
+            address: address_of(&config.upstream.url),
         });
         let users = config
             .users

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,17 +18,12 @@ const HEADER_LIMIT: usize = 4096;
 const SECRET: &str = "secretvalue4242";
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
-/// A loopback port nothing listens on (bound, then released): a refused upstream.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn config(frappe: &FakeFrappe, certs: &Certs) -> ConfigBuilder {
     let routes = format!(
         "[[route]]\npath = \"/\"\nauth = \"public\"\n\n\
          [[route]]\npath = \"/api/method/frappe.client.get_password\"\nauth = \"deny\"\n\n\
          [[route]]\npath = \"/down/\"\nauth = \"public\"\nupstream = \"http://127.0.0.1:{}\"\n",
-        closed_port()
+        common::refused_port()
     );
     ConfigBuilder::new(&frappe.url())
         .tls(certs)
@@ -320,4 +314,60 @@ async fn requests_refused_by_the_http_parser_are_logged_once() {
         let count = lines.iter().filter(|l| l["status"] == status).count();
         assert_eq!(count, 1, "access-log lines with status {status}:\n{}", gateway.stdout_text());
     }
+}
+
+/// Each line says who asked (client IP and the peer it came through, user agent, host) and
+/// where it went (upstream address and its time).
+#[tokio::test]
+async fn a_line_names_the_peer_the_agent_the_host_and_the_upstream() {
+    let frappe = FakeFrappe::start().await;
+    let certs = Certs::generate();
+    let gateway = Gateway::start(&config(&frappe, &certs).build(), &[]).await;
+    let client = https_client(&certs.ca_pem, HttpVersion::Http1Only);
+    let response = client
+        .get(format!("{}/__test/echo?fields=1", gateway.base_url()))
+        .header("user-agent", "erp-mobile/3.1")
+        .send()
+        .await
+        .expect("response");
+    let id = response.headers()["x-request-id"].to_str().expect("id").to_string();
+    let line = gateway.wait_for_access_log(|l| l["request_id"] == id.as_str(), LOG_WAIT).await.expect("line");
+    assert_eq!(line["user_agent"], "erp-mobile/3.1", "{line}");
+    assert_eq!(line["host"], format!("localhost:{}", gateway.proxy_addr().port()), "{line}");
+    assert_eq!((line["client_ip"].as_str(), line["peer"].as_str()), (Some("127.0.0.1"), Some("127.0.0.1")));
+    assert_eq!(line["upstream"], frappe.addr().to_string(), "{line}");
+    let upstream_ms = line["upstream_ms"].as_f64().expect("upstream_ms");
+    assert!(upstream_ms > 0.0 && upstream_ms <= line["latency_ms"].as_f64().expect("latency"), "{line}");
+}
+
+/// A disk that refuses the writes (here `/dev/full`: every write is ENOSPC) costs log lines,
+/// never requests: they are served, the lost lines are counted, and said once, not per line.
+#[tokio::test]
+async fn a_full_disk_drops_lines_counts_them_and_says_so_once() {
+    let frappe = FakeFrappe::start().await;
+    let certs = Certs::generate();
+    let toml = config(&frappe, &certs).set("log", "access = \"/dev/full\"").build();
+    let gateway = Gateway::start(&toml, &[]).await;
+    let client = https_client(&certs.ca_pem, HttpVersion::Http1Only);
+    for _ in 0..5 {
+        let status =
+            client.get(format!("{}/__test/echo", gateway.base_url())).send().await.expect("ok").status();
+        assert_eq!(status, 200, "requests are served while the log cannot be written");
+    }
+    let metrics = format!("{}/metrics", gateway.admin_url());
+    let mut dropped = 0.0;
+    let deadline = Instant::now() + LOG_WAIT;
+    while dropped < 5.0 {
+        assert!(Instant::now() < deadline, "dropped lines are counted: {dropped}");
+        let text = reqwest::get(&metrics).await.expect("metrics").text().await.expect("text");
+        dropped = text
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_access_log_dropped_total ")?.trim().parse().ok())
+            .unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let said =
+        |l: &Value| common::log_message(l) == Some("access-log lines dropped; requests go on unlogged");
+    assert!(gateway.wait_for_log(said, LOG_WAIT).await.is_some(), "the loss is reported");
+    assert_eq!(gateway.log_lines().iter().filter(|l| said(l)).count(), 1, "once a minute, not once a line");
 }

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -24,18 +23,13 @@ const SYNC_SECRET: &str = "7a7a7a7a7a7a7a8";
 const WEBHOOK_SECRET: &str = "whsec-metrics-test";
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A loopback port nothing listens on: a refused upstream.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn routes() -> String {
     format!(
         "[[route]]\npath = \"/api/\"\nauth = \"token\"\n\n\
          [[route]]\npath = \"/api/method/frappe.client.get_password\"\nauth = \"deny\"\n\n\
          [[route]]\npath = \"/api/method/ping\"\nauth = \"public\"\nper_ip = \"2/min\"\n\n\
          [[route]]\npath = \"/down/\"\nauth = \"public\"\nupstream = \"http://127.0.0.1:{}\"\n",
-        closed_port()
+        common::refused_port()
     )
 }
 

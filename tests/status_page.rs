@@ -228,10 +228,6 @@ fn sign(body: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `n` authenticated GETs with `key:secret`, each answered 200.
 async fn send_as(client: &reqwest::Client, base: &str, key: &str, secret: &str, n: usize) {
     for _ in 0..n {
@@ -272,7 +268,7 @@ async fn status_page_shows_the_traffic_and_updates_itself() {
     let routes = format!(
         "[[route]]\npath = \"/api/\"\nauth = \"token\"\n\n\
          [[route]]\npath = \"/down/\"\nauth = \"public\"\nupstream = \"http://127.0.0.1:{}\"\n",
-        closed_port()
+        common::refused_port()
     );
     let config = ConfigBuilder::new(&frappe.url()).tls(&certs).extra(&routes).build();
     let sync_token = format!("{SYNC_KEY}:{SYNC_SECRET}");

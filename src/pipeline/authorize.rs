@@ -100,11 +100,12 @@ async fn verify(ctx: &mut Ctx<'_>, header: Option<&HeaderValue>) -> Result<auth:
     })
 }
 
-/// `0a1b…#5f3c9e21`: enough to tell keys apart in a log, not enough to use one.
+/// `0a1b2c…#5f3c9e21`: the first 6 characters and a SHA-256 fingerprint — enough to tell keys
+/// apart in a log, not enough to use one.
 fn short_key(api_key: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(api_key.as_bytes());
-    let prefix: String = api_key.chars().take(4).collect();
+    let prefix: String = api_key.chars().take(6).collect();
     format!("{prefix}…#{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
 }
 
@@ -113,10 +114,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_short_key_keeps_four_characters_and_a_fingerprint() {
+    fn a_short_key_keeps_six_characters_and_a_fingerprint() {
         let short = short_key("0123456789abcdef");
-        assert!(short.starts_with("0123…#"), "{short}");
-        assert_eq!(short.chars().count(), "0123…#".chars().count() + 8);
+        assert!(short.starts_with("012345…#"), "{short}");
+        assert_eq!(short.chars().count(), "012345…#".chars().count() + 8);
         assert_ne!(short_key("0123456789abcdef"), short_key("0123456789abcdeX"));
     }
 }

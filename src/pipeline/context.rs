@@ -44,7 +44,7 @@ impl<'a> Ctx<'a> {
         let (request_id, request_id_header) = request_id(shared, rt, conn.peer, req);
         let obs = &shared.obs;
         let mut log = RequestLog::begin(&obs.access_log, &obs.metrics, req, request_id, client_ip);
-        log.tls = conn.tls;
+        (log.tls, log.peer) = (conn.tls, conn.peer);
         Ctx { shared, rt, log, request_id: request_id_header, rate: None, worker: conn.worker }
     }
 

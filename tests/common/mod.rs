@@ -61,3 +61,24 @@ pub async fn eventually(what: &str, timeout: std::time::Duration, mut condition:
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A loopback port that refuses connections (a down upstream): bound but never listening, and
+/// held for the test's life, so no other test can take the number in the meantime.
+pub struct RefusedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl RefusedPort {
+    pub fn new() -> RefusedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        RefusedPort { _socket: socket, port }
+    }
+}
+
+/// The number of a [`RefusedPort`] held until the test process exits.
+pub fn refused_port() -> u16 {
+    Box::leak(Box::new(RefusedPort::new())).port
+}
