@@ -18,7 +18,9 @@ use crate::config::AccessLogTarget;
 use crate::outcome::{AuthOutcome, Decision};
 
 /// Lines queued beyond this are dropped (and counted) rather than stalling requests.
-const QUEUE_LINES: usize = 64 * 1024;
+/// 16 Ki lines is 0.8 s at 20,000 requests/s, the writer wakes every 20 ms; the queue's slots
+/// are allocated at start, so a larger one costs idle memory for nothing.
+const QUEUE_LINES: usize = 16 * 1024;
 /// How often the writer wakes to write what queued up. Waking per line would cost a thread
 /// wake-up (futex + context switch) per request; this bounds how stale the file can be.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);

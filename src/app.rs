@@ -31,7 +31,11 @@ impl From<anyhow::Error> for StartError {
 /// JSON application logs on stderr, written by a background thread; `RUST_LOG` overrides
 /// `log.level`. Keep the returned guard alive: dropping it flushes the last lines.
 pub fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Application logs are a few lines a second; the default 128,000-line queue would hold
+    // 4 MiB of idle memory.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(4096)
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| log_filter(level));
     tracing_subscriber::fmt()
         .json()

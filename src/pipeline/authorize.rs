@@ -25,18 +25,10 @@ pub(crate) enum Admission {
     Authenticated(auth::Admitted),
 }
 
-/// On a token route, the credentials are checked before the body is read, so a client
-/// without valid ones never gets to send one.
-pub(super) async fn credentials_for(
-    ctx: &mut Ctx<'_>,
-    sent: &RouteEntry,
-    head: &Parts,
-    preflight: bool,
-) -> Result<Option<auth::Admitted>, GatewayError> {
-    if sent.auth != AuthMode::Token || preflight {
-        return Ok(None);
-    }
-    authenticate(ctx, head).await.map(Some)
+/// On a token route the credentials are checked before the body is read, so a client
+/// without valid ones never gets to send one (a preflight carries none).
+pub(super) fn credentials_first(sent: &RouteEntry, preflight: bool) -> bool {
+    sent.auth == AuthMode::Token && !preflight
 }
 
 /// The admission for the judged route; `early` is what [`credentials_for`] found.
@@ -54,14 +46,16 @@ pub(super) async fn admit(
         AuthMode::Token => match early {
             Some(admitted) => Admission::Authenticated(admitted),
             // The body made a public path run a token call (a `cmd`).
-            None => Admission::Authenticated(authenticate(ctx, head).await?),
+            None => {
+                limits::check_lockout(ctx).await?;
+                Admission::Authenticated(credentials(ctx, head).await?)
+            }
         },
     })
 }
 
-/// Checks the credentials (after the failed-auth lockout); returns who they belong to.
-async fn authenticate(ctx: &mut Ctx<'_>, head: &Parts) -> Result<auth::Admitted, GatewayError> {
-    limits::check_lockout(ctx).await?;
+/// Checks the credentials (the lockout was decided before); returns who they belong to.
+pub(super) async fn credentials(ctx: &mut Ctx<'_>, head: &Parts) -> Result<auth::Admitted, GatewayError> {
     let admitted = verify(ctx, head.headers.get(AUTHORIZATION)).await?;
     ctx.log.auth = Some(admitted.outcome.outcome());
     ctx.log.user = Some(admitted.user.clone());

@@ -8,7 +8,8 @@ use super::context::Ctx;
 use crate::config::Rate;
 use crate::error::GatewayError;
 use crate::outcome::Limiter;
-use crate::policy::Subject;
+use crate::policy::rate_limit::LimitCheck;
+use crate::policy::{Decision as LimitDecision, Subject};
 use crate::routes::RouteEntry;
 use crate::runtime::UserRules;
 
@@ -18,6 +19,25 @@ pub(super) async fn limit_ip(ctx: &mut Ctx<'_>, route: &RouteEntry) -> Result<()
     let Some((scope, rate)) = ip_rate(route, ctx.rt.per_ip) else { return Ok(()) };
     let subject = Subject::Ip(ctx.client_ip());
     apply(ctx, scope, subject, &rate, Limiter::PerIp).await
+}
+
+/// Before credentials are checked: the failed-auth lockout and the per-IP limit, decided
+/// together (one Redis round trip on the shared backend). A locked-out IP charges nothing.
+pub(super) async fn lockout_and_ip(ctx: &mut Ctx<'_>, route: &RouteEntry) -> Result<(), GatewayError> {
+    let ip = ctx.client_ip();
+    let rate = ip_rate(route, ctx.rt.per_ip);
+    let check = rate.map(|(scope, rate)| LimitCheck::new(scope, Subject::Ip(ip), rate));
+    let outcome = ctx.shared.limits.failed_auth.check_batch(Some(ip), check.as_slice()).await;
+    if let Some(left) = outcome.locked_out() {
+        return Err(locked_out(left).with_reason("IP locked out after repeated failed authentication"));
+    }
+    if let Some(decision) = outcome.tightest() {
+        ctx.note_rate(decision);
+    }
+    match (outcome.refused(), rate) {
+        (Some((_, decision)), Some((scope, rate))) => Err(refused(Limiter::PerIp, scope, &rate, decision)),
+        _ => Ok(()),
+    }
 }
 
 /// The per-key limit: `[[user]] per_key`, else the route's, else the global one.
@@ -85,9 +105,13 @@ async fn apply(
 ) -> Result<(), GatewayError> {
     let decision = ctx.shared.limits.limiter.check(scope, subject, rate).await;
     ctx.note_rate(decision);
-    if decision.allowed {
-        return Ok(());
+    match decision.allowed {
+        true => Ok(()),
+        false => Err(refused(limiter, scope, rate, decision)),
     }
-    Err(GatewayError::rate_limited(limiter, "rate limit exceeded; retry later", decision.retry_after)
-        .with_reason(format!("{limiter} limit {rate} exceeded ({scope})")))
+}
+
+fn refused(limiter: Limiter, scope: &str, rate: &Rate, decision: LimitDecision) -> GatewayError {
+    GatewayError::rate_limited(limiter, "rate limit exceeded; retry later", decision.retry_after)
+        .with_reason(format!("{limiter} limit {rate} exceeded ({scope})"))
 }

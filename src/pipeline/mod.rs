@@ -51,9 +51,13 @@ async fn process(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<R
     let (mut head, body) = req.into_parts();
     let (mut frappe, declared) = head::admit(ctx, &mut head)?;
     let sent = ctx.rt.routes.for_path(&frappe.path);
-    pre_auth::admit(ctx, sent, &frappe.call).await?;
     let preflight = head::is_cors_preflight(&head);
-    let early = authorize::credentials_for(ctx, sent, &head, preflight).await?;
+    let credentials_first = authorize::credentials_first(sent, preflight);
+    pre_auth::admit(ctx, sent, &frappe.call, credentials_first).await?;
+    let early = match credentials_first {
+        true => Some(authorize::credentials(ctx, &head).await?),
+        false => None,
+    };
     let body = read_body::read(ctx, &mut head, body, declared, sent, &mut frappe, preflight).await?;
     let routes = ctx.rt.routes.for_request(&frappe);
     pre_auth::admit_judged(ctx, &routes, &frappe.call)?;

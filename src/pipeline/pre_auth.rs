@@ -11,13 +11,22 @@ use crate::frappe_request::Call;
 use crate::policy::Denied;
 use crate::routes::{RouteEntry, RouteMatch};
 
-/// The phases for the route of the path as sent.
-pub(super) async fn admit(ctx: &mut Ctx<'_>, sent: &RouteEntry, call: &Call) -> Result<(), GatewayError> {
+/// The phases for the route of the path as sent. When credentials are checked next, the
+/// failed-auth lockout is decided with the per-IP limit.
+pub(super) async fn admit(
+    ctx: &mut Ctx<'_>,
+    sent: &RouteEntry,
+    call: &Call,
+    credentials_next: bool,
+) -> Result<(), GatewayError> {
     ctx.note_call(sent, call);
     let ip = ctx.client_ip();
     check_ip(ctx.rt.network.check(ip))?;
     admit_route(sent, ip)?;
-    limits::limit_ip(ctx, sent).await
+    match credentials_next {
+        true => limits::lockout_and_ip(ctx, sent).await,
+        false => limits::limit_ip(ctx, sent).await,
+    }
 }
 
 /// The route judged on what Frappe will run, once the body is read: its allowlist and `deny`
