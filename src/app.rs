@@ -11,7 +11,7 @@ use crate::access_log::AccessLog;
 use crate::config::{Config, TlsFiles};
 use crate::reload::{self, ConfigSource, ReloadError, ReloadReport};
 use crate::state::Shared;
-use crate::{admin, auth, server, tls};
+use crate::{admin, auth, server, signals, tls};
 
 /// Why the gateway did not start (or stopped with an error).
 #[derive(Debug)]
@@ -138,19 +138,19 @@ pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
 /// signal is logged and ignored rather than killing the process.
 pub async fn run(config: Config, source: ConfigSource) -> Result<(), StartError> {
     // Registered first, so a signal arriving while the gateway starts is not lost.
-    let mut signals = server::Signals::register().map_err(anyhow::Error::from)?;
+    let mut signals = signals::Signals::register().map_err(anyhow::Error::from)?;
     let running = start(config, Some(source)).await?;
     loop {
         match signals.next().await {
-            server::Signal::Terminate(name) => {
+            signals::Signal::Terminate(name) => {
                 tracing::info!(signal = name, "draining");
                 break;
             }
-            server::Signal::Reload => {
+            signals::Signal::Reload => {
                 let _ = running.reload();
             }
-            server::Signal::ReopenLogs => running.shared.obs.access_log.reopen(),
-            server::Signal::Ignored(name) => tracing::warn!(signal = name, "signal ignored"),
+            signals::Signal::ReopenLogs => running.shared.obs.access_log.reopen(),
+            signals::Signal::Ignored(name) => tracing::warn!(signal = name, "signal ignored"),
         }
     }
     running.shutdown().await;

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod access_log;
+mod activity_io;
 mod admin;
 pub mod app;
 pub mod auth;
@@ -27,6 +28,7 @@ mod request_log;
 mod routes;
 mod runtime;
 mod server;
+mod signals;
 mod state;
 mod status;
 pub mod tls;

@@ -2,11 +2,9 @@
 //! with its connection cap, TLS handshakes, HTTP/1.1 + HTTP/2 serving, graceful drain.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use hyper::body::Incoming;
@@ -14,11 +12,12 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::activity_io::ActivityIo;
 use crate::config::ServerConfig;
 use crate::outcome::TlsFailure;
 use crate::pipeline::{self, ConnInfo};
@@ -314,147 +313,4 @@ fn log_connection_end(
         status,
         reason,
     );
-}
-
-pin_project_lite::pin_project! {
-    /// An I/O stream that remembers when bytes last moved, for the idle timeout.
-    struct ActivityIo<I> {
-        #[pin]
-        inner: I,
-        activity: Arc<Activity>,
-    }
-}
-
-/// Milliseconds since the connection started at which bytes last moved.
-struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once no byte has moved for `limit`.
-    async fn idle_for(&self, limit: Duration) {
-        loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let idle = self.started.elapsed().saturating_sub(last);
-            if idle >= limit {
-                return;
-            }
-            tokio::time::sleep(limit - idle).await;
-        }
-    }
-}
-
-impl<I> ActivityIo<I> {
-    fn new(inner: I) -> (Self, Arc<Activity>) {
-        let activity = Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0) });
-        (ActivityIo { inner, activity: activity.clone() }, activity)
-    }
-}
-
-impl<I: AsyncRead> AsyncRead for ActivityIo<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.inner.poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite> AsyncWrite for ActivityIo<I> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-}
-
-/// A signal the gateway acts on.
-pub enum Signal {
-    /// SIGTERM, SIGINT, SIGQUIT: drain and exit.
-    Terminate(&'static str),
-    /// SIGHUP: reload the configuration.
-    Reload,
-    /// SIGUSR1: reopen the access-log file (logrotate's `postrotate`).
-    ReopenLogs,
-    /// SIGUSR2, SIGALRM, SIGWINCH…: logged, never fatal.
-    Ignored(&'static str),
-}
-
-/// The handlers, registered at once so a signal arriving while the gateway starts is queued.
-pub struct Signals {
-    handlers: Vec<(tokio::signal::unix::Signal, fn() -> Signal)>,
-}
-
-impl Signals {
-    pub fn register() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let table: [(SignalKind, fn() -> Signal); 8] = [
-            (SignalKind::terminate(), || Signal::Terminate("SIGTERM")),
-            (SignalKind::interrupt(), || Signal::Terminate("SIGINT")),
-            (SignalKind::quit(), || Signal::Terminate("SIGQUIT")),
-            (SignalKind::hangup(), || Signal::Reload),
-            (SignalKind::user_defined1(), || Signal::ReopenLogs),
-            (SignalKind::user_defined2(), || Signal::Ignored("SIGUSR2")),
-            (SignalKind::alarm(), || Signal::Ignored("SIGALRM")),
-            (SignalKind::from_raw(26), || Signal::Ignored("SIGVTALRM")),
-        ];
-        let handlers = table
-            .into_iter()
-            .map(|(kind, meaning)| Ok((signal(kind)?, meaning)))
-            .collect::<std::io::Result<_>>()?;
-        Ok(Signals { handlers })
-    }
-
-    /// The next signal received.
-    pub async fn next(&mut self) -> Signal {
-        let ready = std::future::poll_fn(|cx| {
-            for (handler, meaning) in &mut self.handlers {
-                if handler.poll_recv(cx).is_ready() {
-                    return std::task::Poll::Ready(meaning());
-                }
-            }
-            std::task::Poll::Pending
-        });
-        ready.await
-    }
 }

@@ -237,46 +237,9 @@ impl CredentialStore {
         }
     }
 
-    /// Drops every cached credential of `user` at once; a verification in flight for it
-    /// lands dead in the cache. Its next request is verified again, and never served stale.
-    pub fn revoke_user(&self, user: &str) {
-        self.directory.mark_user(user, self.clock.now());
-        let user: Arc<str> = Arc::from(user);
-        self.drop_entries(move |e| e.user == user);
-    }
-
-    /// Drops the cached credential of one api_key (any case).
-    pub fn revoke_key(&self, api_key: &str) {
-        let key: Arc<str> = Arc::from(lowercase_key(api_key));
-        self.directory.mark_key(&key, self.clock.now());
-        self.drop_entries(move |e| !e.bearer && e.key == key);
-    }
-
-    /// Takes a full user list from sync: records each user's state and drops cached
-    /// credentials whose key vanished, whose user is disabled or whose `modified` changed
-    /// (also credentials cached before their user was first synced).
-    pub fn apply_sync(&self, users: &[SyncedUser]) {
-        let now = self.clock.now();
-        self.apply_sync_fetched(users, now);
-    }
-
-    /// `apply_sync` for a list whose fetch began at `fetched_from` (from [`Self::now`]):
-    /// users refreshed one by one since then keep their newer record.
-    pub(crate) fn apply_sync_fetched(&self, users: &[SyncedUser], fetched_from: Instant) {
-        let changed = self.directory.replace(users, self.clock.now(), fetched_from);
-        self.after_change(changed);
-    }
-
     /// The store's clock.
     pub(crate) fn now(&self) -> Instant {
         self.clock.now()
-    }
-
-    /// Takes one user's fresh record (webhook refresh); `None` means the user `name` is gone
-    /// or has no readable record, and its credentials are dropped.
-    pub fn apply_user(&self, user: Option<SyncedUser>, name: &str) {
-        let changed = self.directory.update(name, user.as_ref(), self.clock.now());
-        self.after_change(changed);
     }
 
     /// Calls made to Frappe to verify a credential since start (joined requests share one).
@@ -351,108 +314,6 @@ impl CredentialStore {
             .is_some_and(|r| now.saturating_duration_since(r.at) < self.negative_ttl)
     }
 
-    /// One Frappe call for all concurrent requests with the same credential. The epoch in
-    /// the flight key keeps requests that arrive after a revocation from joining a call that
-    /// started before it.
-    async fn verify_once(
-        &self,
-        probe: &Probe<'_>,
-        authorization: &HeaderValue,
-    ) -> Result<Arc<Entry>, FlightError> {
-        let flight = (probe.digest, self.directory.epoch());
-        let result = self.flights.try_get_with(flight, self.fly(probe, authorization)).await;
-        self.flights.invalidate(&flight).await;
-        result.map_err(|e| FlightError::clone(&e))
-    }
-
-    /// The body of a flight. It looks at both caches again first: a request that missed
-    /// just before another's flight finished must not call Frappe a second time.
-    async fn fly(&self, probe: &Probe<'_>, authorization: &HeaderValue) -> Result<Arc<Entry>, FlightError> {
-        let started = self.clock.now();
-        if let Some(entry) = self.cached(probe).await {
-            if matches!(self.judge(&entry, started), Judgement::Fresh(_) | Judgement::Disabled) {
-                return Ok(entry);
-            }
-        }
-        if self.refused(&probe.digest, started).await {
-            return Err(FlightError::Negative);
-        }
-        // Held until Frappe answered; joined requests share it with this flight.
-        let _permit = match &self.budget {
-            Some(budget) => Some(budget.try_start().map_err(FlightError::OverBudget)?),
-            None => None,
-        };
-        self.verify_calls.fetch_add(1, Ordering::Relaxed);
-        match self.verifier.verify(authorization).await {
-            Ok(user) if !user.is_empty() && user != "Guest" => {
-                let standing = self.standing(probe, authorization, &user).await?;
-                Ok(self.remember(probe, user, standing, started).await)
-            }
-            Ok(_) | Err(VerifyError::Rejected) => {
-                self.refuse(probe).await;
-                Err(FlightError::Rejected)
-            }
-            Err(VerifyError::Unavailable(why)) => Err(FlightError::Unavailable(why)),
-        }
-    }
-
-    /// The policy source of a user Frappe just vouched for. A user sync cannot see is barred
-    /// unless `auth.allow_administrator`; then its own record is read with the client's
-    /// credentials (still under the flight's budget permit). A failed read caches nothing.
-    async fn standing(
-        &self,
-        probe: &Probe<'_>,
-        authorization: &HeaderValue,
-        user: &str,
-    ) -> Result<Standing, FlightError> {
-        if !hidden_from_sync(user) {
-            return Ok(Standing::Synced);
-        }
-        if !self.allow_administrator {
-            tracing::warn!(api_key = %probe.key, user, "credential refused: the Administrator account is not usable through the gateway (auth.allow_administrator = false)");
-            return Ok(Standing::Barred);
-        }
-        match self.verifier.read_own_user(authorization, user).await {
-            Ok(record) => Ok(Standing::SelfRead { enabled: record.enabled, restrict_ip: record.restrict_ip }),
-            Err(VerifyError::Rejected) => {
-                self.refuse(probe).await;
-                Err(FlightError::Rejected)
-            }
-            Err(VerifyError::Unavailable(why)) => Err(FlightError::Unavailable(why)),
-        }
-    }
-
-    async fn remember(
-        &self,
-        probe: &Probe<'_>,
-        user: String,
-        standing: Standing,
-        started: Instant,
-    ) -> Arc<Entry> {
-        let entry = Arc::new(Entry {
-            key: Arc::from(probe.key.as_ref()),
-            user: Arc::from(user),
-            digest: probe.digest,
-            verified_at: started,
-            bearer: probe.bearer,
-            standing,
-        });
-        tracing::debug!(api_key = %entry.key, user = %entry.user, "credential verified by Frappe");
-        self.positive.insert(entry.key.clone(), entry.clone()).await;
-        entry
-    }
-
-    /// Caches a refusal; a cached entry with the same digest (the secret was regenerated)
-    /// goes too.
-    async fn refuse(&self, probe: &Probe<'_>) {
-        let key: Arc<str> = Arc::from(probe.key.as_ref());
-        tracing::debug!(api_key = %key, "credential refused by Frappe");
-        self.negative.insert(probe.digest, Refused { key, at: self.clock.now() }).await;
-        if self.cached(probe).await.is_some() {
-            self.positive.invalidate(probe.key.as_ref()).await;
-        }
-    }
-
     fn admit_verified(&self, entry: &Entry) -> Result<Admitted, Rejection> {
         let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at);
         if view.disabled {
@@ -476,35 +337,6 @@ impl CredentialStore {
             Judgement::Dead => Err(refusal),
         }
     }
-
-    /// After sync or a refresh that marked someone: forget refusals of changed users' keys (a
-    /// regenerated secret must work at once) and drop credentials that are now dead or
-    /// disabled. Unchanged syncs cost nothing here: a disabled user's credential that was
-    /// cached again is refused by the hit path anyway.
-    fn after_change(&self, changes: Changes) {
-        if !changes.marked {
-            return;
-        }
-        if !changes.keys.is_empty() {
-            let keys: HashSet<Arc<str>> = changes.keys.into_iter().collect();
-            if let Err(e) = self.negative.invalidate_entries_if(move |_, r| keys.contains(&r.key)) {
-                tracing::error!(error = %e, "cannot drop refused credentials");
-            }
-        }
-        let directory = self.directory.clone();
-        self.drop_entries(move |e| {
-            let view = directory.view(&e.user, e.api_key(), e.verified_at);
-            view.disabled || view.revoked
-        });
-    }
-
-    /// Removes matching entries in the background. The marks set before this call already
-    /// make them unusable, so removal only frees memory.
-    fn drop_entries(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) {
-        if let Err(e) = self.positive.invalidate_entries_if(move |_, e| matches(e)) {
-            tracing::error!(error = %e, "cannot drop cached credentials");
-        }
-    }
 }
 
 /// The verdict on a live entry: admitted with the restrict_ip that applies, or refused for
@@ -521,5 +353,7 @@ fn admit(entry: &Entry, outcome: Outcome, view: View) -> Result<Admitted, Reject
     Ok(Admitted { user: entry.user.clone(), api_key: entry.key.clone(), outcome, restrict_ip })
 }
 
+mod changes;
+mod flight;
 #[cfg(test)]
 mod tests;

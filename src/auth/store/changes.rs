@@ -1,0 +1,72 @@
+//! How the store follows Frappe: revocations (webhooks, other instances) and user syncs drop
+//! or re-judge cached credentials.
+
+use super::*;
+
+impl CredentialStore {
+    /// Drops every cached credential of `user` at once; a verification in flight for it
+    /// lands dead in the cache. Its next request is verified again, and never served stale.
+    pub fn revoke_user(&self, user: &str) {
+        self.directory.mark_user(user, self.clock.now());
+        let user: Arc<str> = Arc::from(user);
+        self.drop_entries(move |e| e.user == user);
+    }
+
+    /// Drops the cached credential of one api_key (any case).
+    pub fn revoke_key(&self, api_key: &str) {
+        let key: Arc<str> = Arc::from(lowercase_key(api_key));
+        self.directory.mark_key(&key, self.clock.now());
+        self.drop_entries(move |e| !e.bearer && e.key == key);
+    }
+
+    /// Takes a full user list from sync: records each user's state and drops cached
+    /// credentials whose key vanished, whose user is disabled or whose `modified` changed
+    /// (also credentials cached before their user was first synced).
+    pub fn apply_sync(&self, users: &[SyncedUser]) {
+        let now = self.clock.now();
+        self.apply_sync_fetched(users, now);
+    }
+
+    /// `apply_sync` for a list whose fetch began at `fetched_from` (from [`Self::now`]):
+    /// users refreshed one by one since then keep their newer record.
+    pub(crate) fn apply_sync_fetched(&self, users: &[SyncedUser], fetched_from: Instant) {
+        let changed = self.directory.replace(users, self.clock.now(), fetched_from);
+        self.after_change(changed);
+    }
+
+    /// Takes one user's fresh record (webhook refresh); `None` means the user `name` is gone
+    /// or has no readable record, and its credentials are dropped.
+    pub fn apply_user(&self, user: Option<SyncedUser>, name: &str) {
+        let changed = self.directory.update(name, user.as_ref(), self.clock.now());
+        self.after_change(changed);
+    }
+
+    /// After sync or a refresh that marked someone: forget refusals of changed users' keys (a
+    /// regenerated secret must work at once) and drop credentials that are now dead or
+    /// disabled. Unchanged syncs cost nothing here: a disabled user's credential that was
+    /// cached again is refused by the hit path anyway.
+    pub(super) fn after_change(&self, changes: Changes) {
+        if !changes.marked {
+            return;
+        }
+        if !changes.keys.is_empty() {
+            let keys: HashSet<Arc<str>> = changes.keys.into_iter().collect();
+            if let Err(e) = self.negative.invalidate_entries_if(move |_, r| keys.contains(&r.key)) {
+                tracing::error!(error = %e, "cannot drop refused credentials");
+            }
+        }
+        let directory = self.directory.clone();
+        self.drop_entries(move |e| {
+            let view = directory.view(&e.user, e.api_key(), e.verified_at);
+            view.disabled || view.revoked
+        });
+    }
+
+    /// Removes matching entries in the background. The marks set before this call already
+    /// make them unusable, so removal only frees memory.
+    pub(super) fn drop_entries(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self.positive.invalidate_entries_if(move |_, e| matches(e)) {
+            tracing::error!(error = %e, "cannot drop cached credentials");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The metric families behind [`Metrics`](super::Metrics): labelled counter tables, the
+//! per-route counters, and the collector for figures read at scrape time.
+
+use super::*;
+
+/// One counter per variant of `all`, labelled `label = variant.as_str()`.
+pub(super) fn labelled<T: Copy + LabelName>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    all: &[T],
+) -> Vec<Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    all.iter().map(|v| family.get_or_create(&vec![(label, v.label())]).clone()).collect()
+}
+
+/// The vocabulary enums' `as_str`, for [`labelled`].
+pub(super) trait LabelName {
+    fn label(self) -> &'static str;
+}
+
+macro_rules! label_name {
+    ($($t:ty),*) => {
+        $(impl LabelName for $t {
+            fn label(self) -> &'static str {
+                self.as_str()
+            }
+        })*
+    };
+}
+label_name!(AuthOutcome, Limiter, UpstreamError, WebhookOutcome, TlsFailure, ReloadResult);
+
+/// `gateway_route_requests_total{route, method}`: the counters of each configured route,
+/// found by the route's path in a copy-on-write table (a lookup per request, no lock).
+#[derive(Default)]
+pub(super) struct RouteCounters {
+    pub(super) family: Family<Vec<(&'static str, String)>, Counter>,
+    table: ArcSwap<HashMap<Arc<str>, Arc<[Counter; 3]>>>,
+    grow: Mutex<()>,
+}
+
+impl RouteCounters {
+    pub(super) fn inc(&self, route: Option<&Arc<str>>, method: MethodClass) {
+        let route = route.map_or(NO_ROUTE, |r| &**r);
+        if let Some(counters) = self.table.load().get(route) {
+            counters[method as usize].inc();
+            return;
+        }
+        self.counters(route)[method as usize].inc();
+    }
+
+    /// The route's counters, created (with their series) when new.
+    pub(super) fn counters(&self, route: &str) -> Arc<[Counter; 3]> {
+        let _grow = self.grow.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counters) = self.table.load().get(route) {
+            return counters.clone();
+        }
+        let counter = |m: MethodClass| {
+            self.family
+                .get_or_create(&vec![("route", route.to_string()), ("method", m.as_str().to_string())])
+                .clone()
+        };
+        let counters: Arc<[Counter; 3]> = Arc::new(std::array::from_fn(|i| counter(MethodClass::ALL[i])));
+        let mut table = HashMap::clone(&self.table.load());
+        table.insert(Arc::from(route), counters.clone());
+        self.table.store(Arc::new(table));
+        counters
+    }
+}
+
+/// Writes [`Scraped`] out at each scrape.
+#[derive(Debug)]
+pub(super) struct ScrapedCollector(pub(super) Arc<Mutex<Scraped>>);
+
+impl Collector for ScrapedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let s = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let e = &mut encoder;
+        counter(
+            e,
+            "gateway_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            s.access_log_dropped,
+        )?;
+        counter(
+            e,
+            "gateway_auth_verify_calls",
+            "Calls made to Frappe's whoami to verify credentials",
+            s.verify_calls,
+        )?;
+        if let Some(sync) = &s.sync {
+            counter(e, "gateway_sync_runs", "User syncs attempted", sync.runs)?;
+            counter(e, "gateway_sync_failures", "User syncs that failed", sync.failures)?;
+            if let Some(at) = sync.last_success {
+                gauge(
+                    e,
+                    "gateway_sync_last_success_timestamp_seconds",
+                    "Unix time of the last successful user sync (absent until one succeeds)",
+                    unix_seconds(at),
+                )?;
+            }
+        }
+        if let Some(at) = s.certificate_not_after {
+            gauge(
+                e,
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "Unix time the served certificate expires (its notAfter)",
+                unix_seconds(at),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+pub(crate) fn counter_f64(e: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+pub(crate) fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// Seconds since the Unix epoch (negative before it).
+pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
