@@ -29,7 +29,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything one access-log line says about a request. Never holds a secret.
 #[derive(Debug, Serialize)]
-pub struct AccessRecord {
+pub(crate) struct AccessRecord {
     pub time: String,
     pub request_id: Arc<str>,
     /// The client as resolved through trusted proxies (`X-Forwarded-For`).
@@ -78,7 +78,7 @@ pub struct AccessRecord {
 
 /// Handle to the access-log writer; cheap to clone.
 #[derive(Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     tx: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<Drops>,
     writer: Option<Arc<Writer>>,
@@ -118,7 +118,7 @@ struct Writer {
 
 impl AccessLog {
     /// Starts the writer thread. Fails only when a log file cannot be opened.
-    pub fn start(target: &AccessLogTarget) -> io::Result<Self> {
+    pub(crate) fn start(target: &AccessLogTarget) -> io::Result<Self> {
         let dropped = Arc::new(Drops::default());
         let (out, path): (Box<dyn Write + Send>, _) = match target {
             AccessLogTarget::Off => return Ok(AccessLog { tx: None, dropped, writer: None }),
@@ -147,7 +147,7 @@ impl AccessLog {
 
     /// Writes everything queued so far and stops the writer; waits at most `timeout`.
     /// Lines logged afterwards are dropped. Called once, at shutdown.
-    pub fn close(&self, timeout: Duration) {
+    pub(crate) fn close(&self, timeout: Duration) {
         let Some(writer) = &self.writer else { return };
         writer.closing.store(true, Ordering::Release);
         writer.thread.unpark();
@@ -158,14 +158,14 @@ impl AccessLog {
 
     /// Reopens a file access log by its path (after logrotate moved it): lines queued so far
     /// go to the old file, later ones to the new. Stdout and `off` ignore it.
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         let Some(writer) = &self.writer else { return };
         writer.reopen.store(true, Ordering::Release);
         writer.thread.unpark();
     }
 
     /// Queues one line; never blocks. A full queue drops the line and counts it.
-    pub fn log(&self, record: &AccessRecord) {
+    pub(crate) fn log(&self, record: &AccessRecord) {
         let Some(tx) = &self.tx else { return };
         let mut line = Vec::with_capacity(512);
         if serde_json::to_writer(&mut line, record).is_err() {
@@ -178,7 +178,7 @@ impl AccessLog {
     }
 
     /// Lines dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.count.load(Ordering::Relaxed)
     }
 }
@@ -266,12 +266,12 @@ fn header_text<S: serde::Serializer>(
 }
 
 /// RFC 3339 UTC time with milliseconds.
-pub fn timestamp(t: SystemTime) -> String {
+pub(crate) fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// `path?key1&key2`: the query's keys survive for debugging, its values never reach the log.
-pub fn loggable_path(uri: &http::Uri) -> String {
+pub(crate) fn loggable_path(uri: &http::Uri) -> String {
     let mut out = String::with_capacity(uri.path().len() + 16);
     out.push_str(uri.path());
     if let Some(query) = uri.query() {

@@ -29,7 +29,7 @@ type AdminResponse = Response<Full<Bytes>>;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves admin requests until shutdown.
-pub async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut shutdown: ShutdownSignal) {
+pub(crate) async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut shutdown: ShutdownSignal) {
     status::spawn_sampler(state.obs.metrics.clone(), shutdown.clone());
     while let Some((stream, _)) = server::accept(&listener, &mut shutdown).await {
         let state = state.clone();

@@ -106,7 +106,7 @@ impl ErrorKind {
 
 /// A refusal the gateway answers itself. `message` goes to the client; `reason` only to the log.
 #[derive(Debug, Clone)]
-pub struct GatewayError {
+pub(crate) struct GatewayError {
     pub kind: ErrorKind,
     pub message: Cow<'static, str>,
     pub reason: Cow<'static, str>,
@@ -116,18 +116,18 @@ pub struct GatewayError {
 }
 
 impl GatewayError {
-    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
         let message = message.into();
         GatewayError { kind, reason: message.clone(), message, retry_after: None, limiter: None }
     }
 
     /// Adds an operator-facing reason that is logged but not sent.
-    pub fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn with_reason(mut self, reason: impl Into<Cow<'static, str>>) -> Self {
         self.reason = reason.into();
         self
     }
 
-    pub fn with_retry_after(mut self, after: Duration) -> Self {
+    pub(crate) fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self
     }
@@ -148,12 +148,12 @@ impl GatewayError {
         self.kind.decision()
     }
 
-    pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ErrorKind::Forbidden, message)
     }
 
     /// The response: Frappe's error JSON plus `request_id`, and `Retry-After` when set.
-    pub fn to_response<B: From<Bytes>>(&self, request_id: &str) -> Response<B> {
+    pub(crate) fn to_response<B: From<Bytes>>(&self, request_id: &str) -> Response<B> {
         let body = frappe_error_body(self.kind, &self.message, request_id);
         let mut response = Response::new(B::from(Bytes::from(body)));
         *response.status_mut() = self.kind.status();
@@ -167,7 +167,7 @@ impl GatewayError {
 }
 
 /// Whole seconds, rounded up (a client that waits this long will be admitted).
-pub fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
@@ -176,7 +176,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
 /// list of JSON strings. `exc` is Frappe's traceback field: client libraries such as
 /// `frappeclient` raise only when it is present, so it holds one line naming the error (never a
 /// traceback).
-pub fn frappe_error_body(kind: ErrorKind, message: &str, request_id: &str) -> String {
+pub(crate) fn frappe_error_body(kind: ErrorKind, message: &str, request_id: &str) -> String {
     let inner =
         serde_json::json!({ "message": message, "title": kind.title(), "indicator": "red" }).to_string();
     let server_messages = serde_json::Value::Array(vec![inner.into()]).to_string();

@@ -40,7 +40,7 @@ const NO_ROUTE: &str = "-";
 
 type Labels = Vec<(&'static str, &'static str)>;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Indexed by `decision as usize * 5 + status class`.
     requests: Vec<Counter>,
@@ -108,7 +108,7 @@ pub(crate) struct Totals {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut root = Registry::default();
         root.register_collector(Box::new(process::ProcessCollector));
         let scraped = Arc::new(Mutex::new(Scraped::default()));
@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     /// Counts one finished request.
-    pub fn record_request(&self, decision: Decision, status: u16, latency: Duration) {
+    pub(crate) fn record_request(&self, decision: Decision, status: u16, latency: Duration) {
         let s = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[decision as usize * STATUS_CLASSES.len() + s].inc();
         self.latency.observe(latency.as_secs_f64());
@@ -239,12 +239,12 @@ impl Metrics {
     }
 
     /// Counts one authentication outcome.
-    pub fn record_auth(&self, outcome: AuthOutcome) {
+    pub(crate) fn record_auth(&self, outcome: AuthOutcome) {
         self.auth[outcome as usize].inc();
     }
 
     /// Counts one request refused by `limiter`.
-    pub fn record_limited(&self, limiter: Limiter) {
+    pub(crate) fn record_limited(&self, limiter: Limiter) {
         self.limited[limiter as usize].inc();
     }
 
@@ -270,14 +270,14 @@ impl Metrics {
     }
 
     /// Counts one configuration reload (`SIGHUP`, `POST /reload`): applied or refused.
-    pub fn record_reload(&self, ok: bool) {
+    pub(crate) fn record_reload(&self, ok: bool) {
         let result = if ok { ReloadResult::Ok } else { ReloadResult::Error };
         self.reloads[result as usize].inc();
     }
 
     /// Sets the served certificate's expiry (`gateway_tls_certificate_expiry_timestamp_seconds`);
     /// call at start and after a reload that changed the certificate. `None` removes it.
-    pub fn set_certificate_expiry(&self, not_after: Option<SystemTime>) {
+    pub(crate) fn set_certificate_expiry(&self, not_after: Option<SystemTime>) {
         self.scraped().certificate_not_after = not_after;
     }
 
@@ -352,7 +352,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
         let _ = encode(&mut out, &self.registry);
         out

@@ -43,10 +43,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Where and how one request goes upstream.
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     timeout: Duration,
     /// Where answers and failures are counted (`None`: the readiness probe's own pool).
@@ -54,7 +54,7 @@ pub struct Upstream {
 }
 
 /// Per-request facts the forwarder injects.
-pub struct ForwardInfo<'a> {
+pub(crate) struct ForwardInfo<'a> {
     pub base: &'a Uri,
     pub host: &'a HeaderValue,
     pub site_name: Option<&'a HeaderValue>,
@@ -73,7 +73,7 @@ pub struct ForwardInfo<'a> {
 
 impl Upstream {
     /// A keep-alive pool shared by all requests; `connect_timeout` bounds each new connection.
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration, timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -101,7 +101,7 @@ impl Upstream {
     /// Refused / reset → 502; no response head within `upstream.timeout` of the request body
     /// being sent (upload time does not count) → 504; a body cut off on its way (too large,
     /// too slow, a judged field in a streamed form) → that body's own error.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         req: Request<UpstreamBody>,
         stats: &BodyStats,
@@ -187,7 +187,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Turns the client's request into the upstream request: hop-by-hop and spoofable headers
 /// out, the trusted ones in, URI pointed at the upstream. `keep_upgrade` keeps a WebSocket
 /// handshake's `Upgrade` / `Connection: upgrade`.
-pub fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
+pub(crate) fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
     let upgrade = is_upgrade(req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
     let original_host = original_host(req);
     let headers = req.headers_mut();
@@ -231,7 +231,7 @@ pub fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
 /// Cleans the upstream response for the client: hop-by-hop headers out (Frappe's gunicorn
 /// says `Connection: close`, which must not close the client's connection). The pipeline's
 /// exit sets the request id on every response, this one included.
-pub fn prepare_response<B>(resp: &mut Response<B>) {
+pub(crate) fn prepare_response<B>(resp: &mut Response<B>) {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(resp.headers_mut());
     }
@@ -253,7 +253,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// A WebSocket (or other HTTP/1.1) upgrade handshake.
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req
@@ -304,7 +304,7 @@ fn upstream_uri(base: &Uri, rewritten: Option<&str>, original: &Uri) -> Uri {
 }
 
 /// Tunnels an upgraded connection (WebSocket) between client and upstream until either closes.
-pub fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+pub(crate) fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
     tokio::spawn(async move {
         let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
             tracing::debug!("upgrade failed on one side");

@@ -23,7 +23,7 @@ use crate::frappe_request::{FormError, MultipartScan};
 
 /// Limits on reading a body.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimits {
+pub(crate) struct BodyLimits {
     /// Bodies up to this are read whole before anything goes upstream.
     pub inspect: u64,
     /// No body may be larger.
@@ -33,7 +33,7 @@ pub struct BodyLimits {
 }
 
 /// A body after the buffering attempt.
-pub enum ReadBody {
+pub(crate) enum ReadBody {
     /// The whole body (empty for none).
     Complete(Bytes),
     /// Larger than `inspect`: what was read so far, and the rest still to come.
@@ -42,7 +42,7 @@ pub enum ReadBody {
 
 /// Reads up to `limits.inspect` bytes within `limits.read_timeout`. `declared` is the
 /// Content-Length: a body declared larger than `inspect` is not waited for at all.
-pub async fn read(
+pub(crate) async fn read(
     body: Incoming,
     declared: Option<u64>,
     limits: &BodyLimits,
@@ -106,7 +106,10 @@ fn body_too_large() -> GatewayError {
 }
 
 /// The declared Content-Length; 413 before reading anything when it is already too big.
-pub fn declared_length(headers: &http::HeaderMap, limits: &BodyLimits) -> Result<Option<u64>, GatewayError> {
+pub(crate) fn declared_length(
+    headers: &http::HeaderMap,
+    limits: &BodyLimits,
+) -> Result<Option<u64>, GatewayError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -121,7 +124,7 @@ pub fn declared_length(headers: &http::HeaderMap, limits: &BodyLimits) -> Result
 
 /// 413 for a form or JSON body larger than `inspect`: Frappe parses it whole, so the gateway
 /// must judge it whole, and cannot.
-pub fn too_large_to_judge(limits: &BodyLimits) -> GatewayError {
+pub(crate) fn too_large_to_judge(limits: &BodyLimits) -> GatewayError {
     body_too_large().with_reason(format!(
         "a form or JSON body over server.inspect_body_bytes ({}) cannot be judged",
         limits.inspect
@@ -130,7 +133,7 @@ pub fn too_large_to_judge(limits: &BodyLimits) -> GatewayError {
 
 /// Why a streamed body was cut off.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyFailure {
+pub(crate) enum BodyFailure {
     TooLarge,
     Timeout(Duration),
     /// The client's connection failed mid-body.
@@ -140,7 +143,7 @@ pub enum BodyFailure {
 
 impl BodyFailure {
     /// The client's answer when the upstream request failed because of its own body.
-    pub fn to_error(&self) -> GatewayError {
+    pub(crate) fn to_error(&self) -> GatewayError {
         match self {
             BodyFailure::TooLarge => {
                 body_too_large().with_reason("request body outgrew server.max_body_bytes while streaming")
@@ -158,7 +161,7 @@ impl BodyFailure {
 
 /// What the body reports while it goes upstream.
 #[derive(Default)]
-pub struct BodyStats {
+pub(crate) struct BodyStats {
     pub bytes: AtomicU64,
     sent: AtomicBool,
     sent_signal: Notify,
@@ -166,13 +169,13 @@ pub struct BodyStats {
 }
 
 impl BodyStats {
-    pub fn failure(&self) -> Option<&BodyFailure> {
+    pub(crate) fn failure(&self) -> Option<&BodyFailure> {
         self.failure.get()
     }
 
     /// Resolves once the whole body has been handed upstream (upload time does not count
     /// against `upstream.timeout`).
-    pub async fn sent(&self) {
+    pub(crate) async fn sent(&self) {
         let notified = self.sent_signal.notified();
         if self.sent.load(Ordering::Acquire) {
             return;
@@ -191,7 +194,7 @@ impl BodyStats {
 }
 
 /// The request body sent upstream.
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     inner: Inner,
     stats: Arc<BodyStats>,
 }
@@ -215,19 +218,19 @@ struct Streamed {
 }
 
 impl UpstreamBody {
-    pub fn full(bytes: Bytes, stats: Arc<BodyStats>) -> Self {
+    pub(crate) fn full(bytes: Bytes, stats: Arc<BodyStats>) -> Self {
         stats.bytes.store(bytes.len() as u64, Ordering::Relaxed);
         stats.mark_sent();
         UpstreamBody { inner: Inner::Full(Some(bytes).filter(|b| !b.is_empty())), stats }
     }
 
-    pub fn empty(stats: Arc<BodyStats>) -> Self {
+    pub(crate) fn empty(stats: Arc<BodyStats>) -> Self {
         Self::full(Bytes::new(), stats)
     }
 
     /// Streams `prefix` then `rest`, cut off past `limits.max` or after `limits.read_timeout`
     /// without data; `scan` judges a multipart form on the way.
-    pub fn streamed(
+    pub(crate) fn streamed(
         prefix: VecDeque<Bytes>,
         rest: Incoming,
         limits: &BodyLimits,
@@ -250,7 +253,7 @@ impl UpstreamBody {
 
 #[derive(Debug, thiserror::Error)]
 #[error("request body refused while streaming")]
-pub struct BodyRefused;
+pub(crate) struct BodyRefused;
 
 impl Body for UpstreamBody {
     type Data = Bytes;

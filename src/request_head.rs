@@ -14,7 +14,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::proxy::{SPOOFABLE, X_REQUEST_ID};
 
 /// Refuses what must not be forwarded and drops client copies of the user header.
-pub fn check(head: &mut Parts, user_header: &HeaderName) -> Result<(), GatewayError> {
+pub(crate) fn check(head: &mut Parts, user_header: &HeaderName) -> Result<(), GatewayError> {
     if head.method == Method::CONNECT {
         return Err(GatewayError::new(ErrorKind::MethodNotAllowed, "CONNECT is not supported")
             .with_reason("CONNECT request"));

@@ -19,7 +19,7 @@ use crate::frappe_request::{scrub, Call, FrappeRequest};
 use crate::policy::IpPolicy;
 
 /// Where a matched route sends its requests.
-pub struct Target {
+pub(crate) struct Target {
     pub base: Uri,
     /// The Host header sent upstream.
     pub host: HeaderValue,
@@ -31,14 +31,14 @@ pub struct Target {
 }
 
 /// `host:port` of an upstream URL (the port the scheme implies when none is given).
-pub fn address_of(base: &Uri) -> Arc<str> {
+pub(crate) fn address_of(base: &Uri) -> Arc<str> {
     let host = base.host().unwrap_or("-");
     let port = base.port_u16().unwrap_or(if base.scheme_str() == Some("https") { 443 } else { 80 });
     Arc::from(format!("{host}:{port}"))
 }
 
 /// A configured route with its precomputed target and spellings.
-pub struct RouteEntry {
+pub(crate) struct RouteEntry {
     pub path: Arc<str>,
     pub auth: AuthMode,
     pub per_ip: Option<Rate>,
@@ -145,7 +145,7 @@ impl RequestSpelling<'_> {
 }
 
 /// The routes a request is judged by.
-pub struct RouteMatch<'a> {
+pub(crate) struct RouteMatch<'a> {
     /// The route of the path as sent: picks the backend.
     pub sent: &'a RouteEntry,
     /// The stricter of `sent` and the most specific route over every spelling of the call
@@ -155,13 +155,13 @@ pub struct RouteMatch<'a> {
 }
 
 /// Longest-prefix route table. Paths no route matches need a token (the implicit catch-all).
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<RouteEntry>,
     fallback: RouteEntry,
 }
 
 impl RouteTable {
-    pub fn build(config: &Config, default_target: &Arc<Target>) -> Result<Self> {
+    pub(crate) fn build(config: &Config, default_target: &Arc<Target>) -> Result<Self> {
         let routes = config
             .routes
             .iter()
@@ -183,17 +183,17 @@ impl RouteTable {
     }
 
     /// Every route's configured path, the implicit catch-all `/` last (the metrics' route labels).
-    pub fn paths(&self) -> impl Iterator<Item = &Arc<str>> {
+    pub(crate) fn paths(&self) -> impl Iterator<Item = &Arc<str>> {
         self.routes.iter().chain(std::iter::once(&self.fallback)).map(|r| &r.path)
     }
 
     /// The route of a decoded path alone (routes are sorted longest first).
-    pub fn for_path(&self, path: &str) -> &RouteEntry {
+    pub(crate) fn for_path(&self, path: &str) -> &RouteEntry {
         self.routes.iter().find(|r| r.spelling.covers_path(path)).unwrap_or(&self.fallback)
     }
 
     /// The routes for a request as the Frappe request model reads it.
-    pub fn for_request(&self, request: &FrappeRequest) -> RouteMatch<'_> {
+    pub(crate) fn for_request(&self, request: &FrappeRequest) -> RouteMatch<'_> {
         let sent = self.for_path(&request.path);
         if !sent.target.frappe {
             // Another backend: Frappe's dispatch does not apply to what it runs.
@@ -250,7 +250,7 @@ fn route_entry(
     })
 }
 
-pub fn header_value(s: &str) -> Result<HeaderValue> {
+pub(crate) fn header_value(s: &str) -> Result<HeaderValue> {
     HeaderValue::from_str(s).with_context(|| format!("{s:?} is not a valid header value"))
 }
 

@@ -25,10 +25,10 @@ use crate::request_log::RequestLog;
 use crate::state::Shared;
 
 /// `true` once shutdown has begun.
-pub type ShutdownSignal = watch::Receiver<bool>;
+pub(crate) type ShutdownSignal = watch::Receiver<bool>;
 
 /// Binds a TCP listener; the returned listener knows its real address (port 0 → ephemeral).
-pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
@@ -37,7 +37,7 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 /// Refuses (naming `server.listen`) when another process already listens on the address:
 /// SO_REUSEPORT is only for this process's own workers, see [`ensure_sole_owner`].
 /// Must run inside a Tokio runtime; the listeners are handed over as std sockets.
-pub fn bind_workers(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>> {
+pub(crate) fn bind_workers(addr: SocketAddr, workers: usize) -> Result<Vec<std::net::TcpListener>> {
     let new_socket = |addr: SocketAddr| {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
             .with_context(|| format!("cannot create a socket for {addr}"))?;
@@ -98,7 +98,7 @@ fn in_use_error(addr: SocketAddr, e: std::io::Error) -> anyhow::Error {
 /// One proxy worker: accepts and serves connections until shutdown, then lets in-flight
 /// requests finish for at most `shutdown_grace`. `slots` (shared by all workers) holds
 /// `max_connections` permits: at the cap, further clients wait in the kernel's accept queue.
-pub async fn serve_proxy(
+pub(crate) async fn serve_proxy(
     listener: TcpListener,
     state: Arc<Shared>,
     slots: Arc<Semaphore>,
@@ -135,7 +135,7 @@ pub async fn serve_proxy(
 
 /// The next connection, or `None` once shutdown begins. Accept errors (EMFILE and friends)
 /// are logged and retried after a pause instead of spinning; the loop goes on.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     shutdown: &mut ShutdownSignal,
 ) -> Option<(TcpStream, SocketAddr)> {

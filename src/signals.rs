@@ -2,7 +2,7 @@
 //! drain, HUP reload, USR1 reopen logs), and every other catchable one logged, never fatal.
 
 /// A signal the gateway acts on.
-pub enum Signal {
+pub(crate) enum Signal {
     /// SIGTERM, SIGINT, SIGQUIT: drain and exit.
     Terminate(&'static str),
     /// SIGHUP: reload the configuration.
@@ -14,12 +14,12 @@ pub enum Signal {
 }
 
 /// The handlers, registered at once so a signal arriving while the gateway starts is queued.
-pub struct Signals {
+pub(crate) struct Signals {
     handlers: Vec<(tokio::signal::unix::Signal, fn() -> Signal)>,
 }
 
 impl Signals {
-    pub fn register() -> std::io::Result<Self> {
+    pub(crate) fn register() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         let table: [(SignalKind, fn() -> Signal); 8] = [
             (SignalKind::terminate(), || Signal::Terminate("SIGTERM")),
@@ -39,7 +39,7 @@ impl Signals {
     }
 
     /// The next signal received.
-    pub async fn next(&mut self) -> Signal {
+    pub(crate) async fn next(&mut self) -> Signal {
         let ready = std::future::poll_fn(|cx| {
             for (handler, meaning) in &mut self.handlers {
                 if handler.poll_recv(cx).is_ready() {

@@ -4,11 +4,11 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-pub type S<T> = Option<Spanned<T>>;
+pub(super) type S<T> = Option<Spanned<T>>;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(super) struct RawServer {
     pub listen: S<String>,
     pub tls_cert: S<String>,
     pub tls_key: S<String>,
@@ -50,13 +50,13 @@ pub struct RawServer {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     pub listen: S<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
+pub(super) struct RawUpstream {
     pub url: S<String>,
     pub host: S<String>,
     pub site_name: S<String>,
@@ -66,7 +66,7 @@ pub struct RawUpstream {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawFrappe {
+pub(super) struct RawFrappe {
     pub url: S<String>,
     pub sync_interval: S<String>,
     pub sync_token_env: S<String>,
@@ -78,7 +78,7 @@ pub struct RawFrappe {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
+pub(super) struct RawAuth {
     pub user_header: S<String>,
     pub forward_authorization: Option<bool>,
     pub cache_capacity: S<u64>,
@@ -90,7 +90,7 @@ pub struct RawAuth {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawNetwork {
+pub(super) struct RawNetwork {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
@@ -98,7 +98,7 @@ pub struct RawNetwork {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimit {
+pub(super) struct RawRateLimit {
     pub backend: S<String>,
     pub redis_url_env: S<String>,
     pub redis_timeout: S<String>,
@@ -110,7 +110,7 @@ pub struct RawRateLimit {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     pub path: S<String>,
     pub auth: S<String>,
     pub allow: Option<Vec<Spanned<String>>>,
@@ -122,7 +122,7 @@ pub struct RawRoute {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUser {
+pub(super) struct RawUser {
     pub name: S<String>,
     pub allow: Option<Vec<Spanned<String>>>,
     pub methods: Option<Vec<Spanned<String>>>,
@@ -133,7 +133,7 @@ pub struct RawUser {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
+pub(super) struct RawLog {
     pub access: S<String>,
     pub level: S<String>,
     pub full_api_key: Option<bool>,

@@ -10,7 +10,7 @@ use super::Call;
 
 /// Classifies `path` (decoded, slashes merged). `run_method` is the form field Frappe reads
 /// for `POST /api/resource/<DocType>/<name>`.
-pub fn classify(path: &str, method: &Method, run_method: Option<&str>) -> Call {
+pub(super) fn classify(path: &str, method: &Method, run_method: Option<&str>) -> Call {
     if !path.starts_with("/api/") {
         return Call::Page;
     }

@@ -20,7 +20,7 @@ type Table = moka::sync::Cache<SubjectKey, Cell>;
 type Tables = HashMap<Box<str>, Vec<(Rate, Arc<Table>)>>;
 
 /// Default bound on subjects remembered per (scope, rate) table.
-pub const DEFAULT_MAX_SUBJECTS: u64 = 200_000;
+pub(super) const DEFAULT_MAX_SUBJECTS: u64 = 200_000;
 
 /// GCRA limits kept in this process (see the module docs for burst semantics).
 ///

@@ -13,7 +13,7 @@ use super::redis::RedisLink;
 use super::RateLimiter;
 
 /// The pub/sub channel every instance listens on.
-pub const CHANNEL: &str = "fgw:revoke";
+pub(super) const CHANNEL: &str = "fgw:revoke";
 /// How often an idle subscription is pinged, so a silently dead connection is noticed.
 const PING_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
