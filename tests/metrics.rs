@@ -312,6 +312,8 @@ async fn counters_equal_the_scripted_traffic() {
     let sync_token = format!("{SYNC_KEY}:{SYNC_SECRET}");
     let envs = [("GATEWAY_SYNC_TOKEN", sync_token.as_str()), ("GATEWAY_WEBHOOK_SECRET", WEBHOOK_SECRET)];
     let gateway = Gateway::start(&config, &envs).await;
+    // Keys verified before the first sync are verified again after it: count from a synced start.
+    gateway.wait_ready(std::time::Duration::from_secs(10)).await;
     let client = https_client(&certs.ca_pem, HttpVersion::Http1Only);
     let base = gateway.base_url();
     let token = token_header(KEY, SECRET);
