@@ -31,7 +31,8 @@ pub(super) fn credentials_first(sent: &RouteEntry, preflight: bool) -> bool {
     sent.auth == AuthMode::Token && !preflight
 }
 
-/// The admission for the judged route; `early` is what [`credentials_for`] found.
+/// The admission for the judged route; `early` holds the credentials checked before the body
+/// (see [`credentials_first`]).
 pub(super) async fn admit(
     ctx: &mut Ctx<'_>,
     routes: &RouteMatch<'_>,
