@@ -9,7 +9,8 @@ pub(crate) enum Signal {
     Reload,
     /// SIGUSR1: reopen the access-log file (logrotate's `postrotate`).
     ReopenLogs,
-    /// SIGUSR2, SIGALRM, SIGWINCH…: logged, never fatal.
+    /// SIGUSR2, SIGALRM, SIGIO, SIGXCPU, SIGXFSZ, SIGVTALRM, SIGPROF, SIGPWR: logged, never
+    /// fatal (their default action would end the process without a word).
     Ignored(&'static str),
 }
 
@@ -21,7 +22,7 @@ pub(crate) struct Signals {
 impl Signals {
     pub(crate) fn register() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
-        let table: [(SignalKind, fn() -> Signal); 8] = [
+        let table: [(SignalKind, fn() -> Signal); 13] = [
             (SignalKind::terminate(), || Signal::Terminate("SIGTERM")),
             (SignalKind::interrupt(), || Signal::Terminate("SIGINT")),
             (SignalKind::quit(), || Signal::Terminate("SIGQUIT")),
@@ -29,7 +30,13 @@ impl Signals {
             (SignalKind::user_defined1(), || Signal::ReopenLogs),
             (SignalKind::user_defined2(), || Signal::Ignored("SIGUSR2")),
             (SignalKind::alarm(), || Signal::Ignored("SIGALRM")),
+            (SignalKind::io(), || Signal::Ignored("SIGIO")),
+            // Linux numbers of signals whose default action also ends the process.
+            (SignalKind::from_raw(24), || Signal::Ignored("SIGXCPU")),
+            (SignalKind::from_raw(25), || Signal::Ignored("SIGXFSZ")),
             (SignalKind::from_raw(26), || Signal::Ignored("SIGVTALRM")),
+            (SignalKind::from_raw(27), || Signal::Ignored("SIGPROF")),
+            (SignalKind::from_raw(30), || Signal::Ignored("SIGPWR")),
         ];
         let handlers = table
             .into_iter()

@@ -206,8 +206,13 @@ async fn signals_it_does_not_act_on_are_logged_and_never_kill() {
     let certs = Certs::generate();
     let mut gateway = GatewayProcess::start(&config(&frappe, &certs, ""), &[]).await;
     gateway.send_signal(Signal::Usr2);
+    for name in ["PWR", "XFSZ", "PROF"] {
+        let sent = std::process::Command::new("kill").args(["-s", name, &gateway.pid().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -s {name}");
+    }
     let ignored = |l: &Value| log_message(l) == Some("signal ignored");
-    assert!(gateway.wait_for_log(ignored, WAIT).await.is_some(), "SIGUSR2 logged");
+    let all_logged = gateway.output_lines_matching(ignored, 4, WAIT).await;
+    assert!(all_logged, "each signal is logged: {}", gateway.stderr_text());
     let client = https_client(&certs.ca_pem, HttpVersion::Http1Only);
     assert_eq!(status(&client, &format!("{}/__test/echo", gateway.base_url())).await, 200);
     assert!(gateway.wait_exit(Duration::from_millis(1)).await.is_none(), "still running");

@@ -239,6 +239,20 @@ impl GatewayProcess {
         self.output.wait_until(check, timeout).await
     }
 
+    /// Waits until `count` application-log lines match `predicate`; false after `timeout`.
+    pub async fn output_lines_matching(
+        &self,
+        predicate: impl Fn(&Value) -> bool,
+        count: usize,
+        timeout: Duration,
+    ) -> bool {
+        let check = |lines: &Lines| {
+            (lines.stderr.iter().map(|l| parse_line(l)).filter(|v| predicate(v)).count() >= count)
+                .then_some(())
+        };
+        self.output.wait_until(check, timeout).await.is_some()
+    }
+
     /// Send a signal with the `kill` command (no libc needed).
     pub fn send_signal(&self, signal: Signal) {
         let status = Command::new("kill")
