@@ -29,7 +29,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything one access-log line says about a request. Never holds a secret.
 #[derive(Debug, Serialize)]
-pub(crate) struct AccessRecord {
+pub(crate) struct AccessRecord<'a> {
     pub time: String,
     pub request_id: Arc<str>,
     /// The client as resolved through trusted proxies (`X-Forwarded-For`).
@@ -38,8 +38,8 @@ pub(crate) struct AccessRecord {
     pub peer: IpAddr,
     pub method: String,
     /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the client asked for.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "header_text")]
-    pub host: Option<http::HeaderValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "header_text")]
     pub user_agent: Option<http::HeaderValue>,
     /// Path plus query *keys* only: query values can hold secrets (`sid`, `api_secret`).
@@ -165,7 +165,7 @@ impl AccessLog {
     }
 
     /// Queues one line; never blocks. A full queue drops the line and counts it.
-    pub(crate) fn log(&self, record: &AccessRecord) {
+    pub(crate) fn log(&self, record: &AccessRecord<'_>) {
         let Some(tx) = &self.tx else { return };
         let mut line = Vec::with_capacity(512);
         if serde_json::to_writer(&mut line, record).is_err() {

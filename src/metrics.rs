@@ -97,7 +97,7 @@ pub(crate) struct SyncFigures {
 }
 
 /// Cumulative request figures, sampled by the status page's ticker.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub(crate) struct Totals {
     pub(crate) requests: u64,
     pub(crate) client_errors: u64,

@@ -30,6 +30,7 @@ pub(crate) struct RequestLog {
     pub(crate) request_id: Arc<str>,
     pub(crate) client_ip: IpAddr,
     pub(crate) peer: IpAddr,
+    /// The `Host` header (HTTP/1.1); HTTP/2's `:authority` is read from `uri` when logged.
     host: Option<http::HeaderValue>,
     user_agent: Option<http::HeaderValue>,
     /// `None` for a request hyper could not parse.
@@ -159,7 +160,11 @@ impl RequestLog {
             request_id: self.request_id.clone(),
             client_ip: self.client_ip,
             peer: self.peer,
-            host: self.host.take(),
+            host: self
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| self.uri.as_ref().and_then(|u| u.authority()).map(|a| a.as_str())),
             user_agent: self.user_agent.take(),
             method: self.method.as_ref().map_or_else(|| "-".to_string(), Method::to_string),
             path: self.uri.as_ref().map_or_else(|| "-".to_string(), loggable_path),

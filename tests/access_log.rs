@@ -323,21 +323,28 @@ async fn a_line_names_the_peer_the_agent_the_host_and_the_upstream() {
     let frappe = FakeFrappe::start().await;
     let certs = Certs::generate();
     let gateway = Gateway::start(&config(&frappe, &certs).build(), &[]).await;
-    let client = https_client(&certs.ca_pem, HttpVersion::Http1Only);
-    let response = client
-        .get(format!("{}/__test/echo?fields=1", gateway.base_url()))
-        .header("user-agent", "erp-mobile/3.1")
-        .send()
-        .await
-        .expect("response");
-    let id = response.headers()["x-request-id"].to_str().expect("id").to_string();
-    let line = gateway.wait_for_access_log(|l| l["request_id"] == id.as_str(), LOG_WAIT).await.expect("line");
-    assert_eq!(line["user_agent"], "erp-mobile/3.1", "{line}");
-    assert_eq!(line["host"], format!("localhost:{}", gateway.proxy_addr().port()), "{line}");
-    assert_eq!((line["client_ip"].as_str(), line["peer"].as_str()), (Some("127.0.0.1"), Some("127.0.0.1")));
-    assert_eq!(line["upstream"], frappe.addr().to_string(), "{line}");
-    let upstream_ms = line["upstream_ms"].as_f64().expect("upstream_ms");
-    assert!(upstream_ms > 0.0 && upstream_ms <= line["latency_ms"].as_f64().expect("latency"), "{line}");
+    // HTTP/1.1 sends `Host`, HTTP/2 `:authority`: both are logged as `host`.
+    for version in [HttpVersion::Http1Only, HttpVersion::Http2] {
+        let client = https_client(&certs.ca_pem, version);
+        let response = client
+            .get(format!("{}/__test/echo?fields=1", gateway.base_url()))
+            .header("user-agent", "erp-mobile/3.1")
+            .send()
+            .await
+            .expect("response");
+        let id = response.headers()["x-request-id"].to_str().expect("id").to_string();
+        let line =
+            gateway.wait_for_access_log(|l| l["request_id"] == id.as_str(), LOG_WAIT).await.expect("line");
+        assert_eq!(line["user_agent"], "erp-mobile/3.1", "{line}");
+        assert_eq!(line["host"], format!("localhost:{}", gateway.proxy_addr().port()), "{line}");
+        assert_eq!(
+            (line["client_ip"].as_str(), line["peer"].as_str()),
+            (Some("127.0.0.1"), Some("127.0.0.1"))
+        );
+        assert_eq!(line["upstream"], frappe.addr().to_string(), "{line}");
+        let upstream_ms = line["upstream_ms"].as_f64().expect("upstream_ms");
+        assert!(upstream_ms > 0.0 && upstream_ms <= line["latency_ms"].as_f64().expect("latency"), "{line}");
+    }
 }
 
 /// A disk that refuses the writes (here `/dev/full`: every write is ENOSPC) costs log lines,

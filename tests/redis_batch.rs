@@ -4,77 +4,18 @@
 //! and local decisions while Redis is down. Needs `redis-server` on PATH (`.ci/run`
 //! installs it).
 
-use std::net::{IpAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use frappe_gateway::config::Rate;
 use frappe_gateway::policy::rate_limit::{BatchOutcome, LimitCheck};
 use frappe_gateway::policy::{FailedAuthTracker, MonotonicClock, RateLimiter, RedisLimiter, Subject};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A real redis-server on a free loopback port; stop / resume keep the port.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Redis { port, child: None };
-        redis.resume();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn resume(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH (apt-get install redis-server)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// A plain connection of the test's own (not through the counting proxy).
-    async fn admin(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A TCP forwarder in front of Redis that counts round trips: a client write that follows a
 /// server reply (or opens the conversation) starts a new one. Requests here are awaited one

@@ -4,23 +4,13 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
-use serde::Serialize;
-
 use crate::metrics::Totals;
 
 /// Samples kept: five minutes at one per second.
 pub(crate) const SAMPLES: usize = 300;
 
-/// What happened during one tick.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub(crate) struct Sample {
-    pub(crate) requests: u64,
-    pub(crate) client_errors: u64,
-    pub(crate) server_errors: u64,
-    pub(crate) upstream_responses: u64,
-    pub(crate) upstream_micros: u64,
-    pub(crate) upstream_errors: u64,
-}
+/// What happened during one tick: the change of the cumulative [`Totals`].
+pub(crate) type Sample = Totals;
 
 impl Sample {
     fn between(before: &Totals, now: &Totals) -> Sample {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::process::{Lines, Output, Stream};
+use super::process::{parse_line, Lines, Output, Stream};
 
 /// How long `start` waits for the "listening" line.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -203,20 +203,20 @@ impl GatewayProcess {
         self.output.text(Stream::Stderr)
     }
 
-    /// stderr lines as JSON (a non-JSON line becomes a JSON string).
+    /// Application-log lines as JSON.
     pub fn log_lines(&self) -> Vec<Value> {
-        self.output.lock().stderr.iter().map(|l| parse_line(l)).collect()
+        self.output.json_lines(Stream::Stderr)
     }
 
     /// Access-log lines written to stdout (`[log] access = "stdout"`), as JSON. For a file
     /// access log use [`read_json_lines`].
     pub fn access_log_lines(&self) -> Vec<Value> {
-        self.output.lock().stdout.iter().filter(|l| !l.trim().is_empty()).map(|l| parse_line(l)).collect()
+        self.output.json_lines(Stream::Stdout)
     }
 
     /// Wait for a stderr log line matching `predicate` (already-captured lines count).
     pub async fn wait_for_log(&self, predicate: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
-        self.wait_for(Stream::Stderr, predicate, timeout).await
+        self.output.wait_for_json(Stream::Stderr, predicate, timeout).await
     }
 
     /// Wait for an access-log line on stdout: it is written after the response is sent, so
@@ -226,17 +226,7 @@ impl GatewayProcess {
         predicate: impl Fn(&Value) -> bool,
         timeout: Duration,
     ) -> Option<Value> {
-        self.wait_for(Stream::Stdout, predicate, timeout).await
-    }
-
-    async fn wait_for(
-        &self,
-        stream: Stream,
-        predicate: impl Fn(&Value) -> bool,
-        timeout: Duration,
-    ) -> Option<Value> {
-        let check = |lines: &Lines| lines.of(stream).iter().map(|l| parse_line(l)).find(|v| predicate(v));
-        self.output.wait_until(check, timeout).await
+        self.output.wait_for_json(Stream::Stdout, predicate, timeout).await
     }
 
     /// Waits until `count` application-log lines match `predicate`; false after `timeout`.
@@ -283,12 +273,7 @@ impl Drop for GatewayProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if std::thread::panicking() {
-            return;
-        }
-        let text = format!("{}{}", self.stdout_text(), self.stderr_text());
-        let leaks = super::secrets::leaks(&text);
-        assert!(leaks.is_empty(), "secrets in the gateway's output: {leaks:?}\n{text}");
+        self.output.assert_no_secrets();
     }
 }
 
@@ -318,10 +303,6 @@ fn spawn(program: &str, args: &[String], envs: &[(&str, &str)], cwd: &Path) -> (
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     (child, Output::capture(stdout, stderr, None))
-}
-
-pub(crate) fn parse_line(line: &str) -> Value {
-    serde_json::from_str(line).unwrap_or_else(|_| Value::String(line.to_string()))
 }
 
 /// A field of a JSON log line: top level first, then tracing's nested `fields` object.

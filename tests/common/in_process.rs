@@ -21,8 +21,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tracing::instrument::WithSubscriber;
 
-use super::gateway::{parse_line, StartFailure};
-use super::process::{Lines, Output, Stream};
+use super::gateway::StartFailure;
+use super::process::{Output, Stream};
 use super::secrets;
 
 pub struct Gateway {
@@ -146,16 +146,16 @@ impl Gateway {
 
     /// Application-log lines as JSON.
     pub fn log_lines(&self) -> Vec<Value> {
-        self.output.lock().stderr.iter().map(|l| parse_line(l)).collect()
+        self.output.json_lines(Stream::Stderr)
     }
 
     /// Access-log lines as JSON (for a config that leaves `log.access = "stdout"`).
     pub fn access_log_lines(&self) -> Vec<Value> {
-        self.output.lock().stdout.iter().filter(|l| !l.trim().is_empty()).map(|l| parse_line(l)).collect()
+        self.output.json_lines(Stream::Stdout)
     }
 
     pub async fn wait_for_log(&self, predicate: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
-        self.wait_for(Stream::Stderr, predicate, timeout).await
+        self.output.wait_for_json(Stream::Stderr, predicate, timeout).await
     }
 
     /// An access-log line is written once the response is complete: wait for it.
@@ -164,17 +164,7 @@ impl Gateway {
         predicate: impl Fn(&Value) -> bool,
         timeout: Duration,
     ) -> Option<Value> {
-        self.wait_for(Stream::Stdout, predicate, timeout).await
-    }
-
-    async fn wait_for(
-        &self,
-        stream: Stream,
-        predicate: impl Fn(&Value) -> bool,
-        timeout: Duration,
-    ) -> Option<Value> {
-        let check = |lines: &Lines| lines.of(stream).iter().map(|l| parse_line(l)).find(|v| predicate(v));
-        self.output.wait_until(check, timeout).await
+        self.output.wait_for_json(Stream::Stdout, predicate, timeout).await
     }
 
     /// Replace the config file (then [`Gateway::reload`]).
@@ -214,12 +204,7 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         drop(self.running.take());
-        if std::thread::panicking() {
-            return;
-        }
-        let text = format!("{}{}", self.stdout_text(), self.stderr_text());
-        let leaks = secrets::leaks(&text);
-        assert!(leaks.is_empty(), "secrets in the gateway's logs: {leaks:?}\n{text}");
+        self.output.assert_no_secrets();
     }
 }
 

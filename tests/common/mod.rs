@@ -12,6 +12,7 @@ pub mod fake_frappe;
 pub mod gateway;
 pub mod in_process;
 pub mod process;
+pub mod redis;
 pub mod secrets;
 pub mod transcript;
 

@@ -132,6 +132,33 @@ impl Output {
         }
     }
 
+    /// The stream's lines as JSON (a non-JSON line becomes a JSON string; blank lines skipped).
+    pub fn json_lines(&self, stream: Stream) -> Vec<serde_json::Value> {
+        self.lock().of(stream).iter().filter(|l| !l.trim().is_empty()).map(|l| parse_line(l)).collect()
+    }
+
+    /// Waits for a JSON line of `stream` matching `predicate` (already-captured lines count).
+    pub async fn wait_for_json(
+        &self,
+        stream: Stream,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        let check = |lines: &Lines| lines.of(stream).iter().map(|l| parse_line(l)).find(|v| predicate(v));
+        self.wait_until(check, timeout).await
+    }
+
+    /// Panics naming what looks like a secret in either stream (see `secrets`); skipped while
+    /// the test is already panicking.
+    pub fn assert_no_secrets(&self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let text = format!("{}{}", self.text(Stream::Stdout), self.text(Stream::Stderr));
+        let leaks = super::secrets::leaks(&text);
+        assert!(leaks.is_empty(), "secrets in the gateway's logs: {leaks:?}\n{text}");
+    }
+
     /// Blocking twin of [`Output::wait_until`], for sync tests.
     pub fn wait_until_blocking<T>(
         &self,
@@ -151,6 +178,10 @@ impl Output {
             lines = self.changed.wait_timeout(lines, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
+}
+
+pub(crate) fn parse_line(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|_| serde_json::Value::String(line.to_string()))
 }
 
 /// Resident set size of a process in KiB (`VmRSS` in /proc/PID/status); `None` if gone.
