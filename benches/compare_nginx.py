@@ -208,7 +208,7 @@ http {{
             "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache shared:SSL:10m;"
         )
 
-    def gateway(self, name, backend_port, redis_url=None, extra="", per_key=True):
+    def gateway(self, name, backend_port, redis_url=None, extra="", per_key=True, binary=None):
         port, admin = free_port(), free_port()
         self.admin_ports[name] = admin
         d = os.path.join(self.work, name)
@@ -245,7 +245,7 @@ level = "warn"
         path = os.path.join(d, "gateway.toml")
         with open(path, "w") as f:
             f.write(conf)
-        p = self.spawn([self.args.gateway_bin, "--config", path], f"{name}/gateway.err", env=env)
+        p = self.spawn([binary or self.args.gateway_bin, "--config", path], f"{name}/gateway.err", env=env)
         wait_port(port, name)
         return port, (lambda: [p.pid])
 
@@ -321,6 +321,9 @@ level = "warn"
             self.targets["nginx-auth"] = self.https(n2, self.nginx("nginx-auth", block, backend))
             port, pids = self.gateway("gateway", backend)
             self.targets["gateway"] = self.https(port, pids)
+            if a.baseline_bin:
+                port, pids = self.gateway("gateway-base", backend, binary=a.baseline_bin)
+                self.targets["gateway-base"] = self.https(port, pids)
         for name, t in self.targets.items():
             check = subprocess.run(
                 ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "-H", AUTH, t["h1"]],
@@ -510,6 +513,8 @@ def main():
     ap.add_argument("--nginx-workers", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--gateway-bin", default=os.path.join(ROOT, "target/release/frappe-gateway"))
+    ap.add_argument("--baseline-bin", help="a second gateway binary (e.g. an earlier commit's) measured in the "
+                    "same rounds: A/B ratios gateway / gateway-base")
     ap.add_argument("--backend-bin", default=os.path.join(ROOT, "target/release/examples/bench_backend"))
     args = ap.parse_args()
     if args.quick:
@@ -599,6 +604,11 @@ def report_ratios(lineup, rounds, runnable, args):
             ("throughput gateway / nginx-auth", ratio(rounds, "gateway", "nginx-auth", "rps"), "{:.2f}"),
             ("CPU µs/req gateway / nginx-tls", ratio(rounds, "gateway", "nginx-tls", "cpu_us"), "{:.2f}"),
         ]
+        if args.baseline_bin:
+            pairs += [
+                ("throughput gateway / gateway-base", ratio(rounds, "gateway", "gateway-base", "rps"), "{:.2f}"),
+                ("CPU µs/req gateway / gateway-base", ratio(rounds, "gateway", "gateway-base", "cpu_us"), "{:.2f}"),
+            ]
         if "direct" in runnable:
             sub = lambda x, y: x - y
             pairs += [

@@ -8,12 +8,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::request_log::RequestLog;
+use crate::upstream::UpstreamResponse;
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamResponse),
     Full(Option<Bytes>),
 }
 
@@ -25,7 +25,7 @@ pub(crate) struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub(crate) fn upstream(body: Incoming) -> Self {
+    pub(crate) fn upstream(body: UpstreamResponse) -> Self {
         ResponseBody { inner: Inner::Upstream(body), bytes_out: 0, log: None }
     }
 

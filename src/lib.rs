@@ -32,6 +32,7 @@ mod signals;
 mod state;
 mod status;
 pub mod tls;
+mod upstream;
 
 /// `tokio::spawn` that keeps the spawning task's tracing subscriber, so a gateway started
 /// under its own subscriber (as the in-process tests do) logs to it from every task.

@@ -1,22 +1,14 @@
-//! Forwarding: the pooled upstream client, header hygiene (strip hop-by-hop and every header a
-//! client could claim identity with, then inject the trusted ones) and WebSocket tunnels.
+//! Forwarding: header hygiene (strip hop-by-hop and every header a client could claim identity
+//! with, then inject the trusted ones) and WebSocket tunnels. The client is [`crate::upstream`].
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
-use crate::error::{ErrorKind, GatewayError};
-use crate::metrics::Metrics;
-use crate::outcome::UpstreamError;
-use crate::request_body::{BodyStats, UpstreamBody};
+use crate::state::RequestId;
 
 /// Headers a client could use to claim an identity, a site or a file path: removed from every
 /// request on every route (FRAPPE.md §7), before the gateway sets its own.
@@ -44,14 +36,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Where and how one request goes upstream.
-pub(crate) struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-    timeout: Duration,
-    /// Where answers and failures are counted (`None`: the readiness probe's own pool).
-    metrics: Option<Arc<Metrics>>,
-}
+const X_FRAPPE_SITE_NAME: HeaderName = HeaderName::from_static("x-frappe-site-name");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Per-request facts the forwarder injects.
 pub(crate) struct ForwardInfo<'a> {
@@ -60,7 +48,7 @@ pub(crate) struct ForwardInfo<'a> {
     pub site_name: Option<&'a HeaderValue>,
     pub client_ip: IpAddr,
     pub proto: &'static str,
-    pub request_id: &'a HeaderValue,
+    pub request_id: &'a RequestId,
     /// `(auth.user_header, user)` for authenticated requests.
     pub user: Option<(&'a HeaderName, &'a str)>,
     /// Keep the client's Authorization (the route's `forward_authorization`).
@@ -69,119 +57,6 @@ pub(crate) struct ForwardInfo<'a> {
     pub cookies: bool,
     /// The path and query to send instead of the client's (slashes merged).
     pub path_and_query: Option<&'a str>,
-}
-
-impl Upstream {
-    /// A keep-alive pool shared by all requests; `connect_timeout` bounds each new connection.
-    pub(crate) fn new(connect_timeout: Duration, timeout: Duration) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(50))
-            .pool_max_idle_per_host(256)
-            .build(https);
-        Upstream { client, timeout, metrics: None }
-    }
-
-    /// Counts this pool's answers (time to head) and failures (by kind) in `metrics`.
-    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Sends `req` upstream and returns the response head; the body streams afterwards.
-    /// Refused / reset → 502; no response head within `upstream.timeout` of the request body
-    /// being sent (upload time does not count) → 504; a body cut off on its way (too large,
-    /// too slow, a judged field in a streamed form) → that body's own error.
-    pub(crate) async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-        stats: &BodyStats,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        let answer_deadline = async {
-            stats.sent().await;
-            tokio::time::sleep(self.timeout).await;
-        };
-        let started = Instant::now();
-        let outcome = tokio::select! {
-            result = self.client.request(req) => match result {
-                Ok(response) => Ok(response),
-                // A request body cut off on its way is the client's doing, not the upstream's.
-                Err(e) => Err(stats.failure().map_or_else(|| (Some(error_kind(&e)), upstream_failed(&e)), |f| (None, f.to_error()))),
-            },
-            () = answer_deadline => Err((Some(UpstreamError::Timeout), GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
-                .with_reason(format!("no response within {}", humantime::format_duration(self.timeout))))),
-        };
-        if let Some(metrics) = &self.metrics {
-            match &outcome {
-                Ok(_) => metrics.record_upstream(started.elapsed()),
-                Err((Some(kind), _)) => metrics.record_upstream_error(*kind),
-                Err((None, _)) => {}
-            }
-        }
-        outcome.map_err(|(_, e)| e)
-    }
-}
-
-/// What kind of failure a client error is, for `gateway_upstream_errors_total{kind}`.
-fn error_kind(e: &hyper_util::client::legacy::Error) -> UpstreamError {
-    use std::io::ErrorKind as Io;
-    if e.is_connect() {
-        return UpstreamError::Connect;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-                return UpstreamError::Protocol;
-            }
-            if h.is_incomplete_message() || h.is_canceled() || h.is_closed() || h.is_body_write_aborted() {
-                return UpstreamError::Reset;
-            }
-            if h.is_timeout() {
-                return UpstreamError::Timeout;
-            }
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            match io.kind() {
-                Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof => {
-                    return UpstreamError::Reset
-                }
-                Io::TimedOut => return UpstreamError::Timeout,
-                _ => {}
-            }
-        }
-        source = s.source();
-    }
-    UpstreamError::Other
-}
-
-fn upstream_failed(e: &hyper_util::client::legacy::Error) -> GatewayError {
-    let reason = if e.is_connect() {
-        format!("upstream connect failed: {}", error_chain(e))
-    } else {
-        format!("upstream request failed: {}", error_chain(e))
-    };
-    GatewayError::new(ErrorKind::BadGateway, "upstream is unavailable").with_reason(reason)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Turns the client's request into the upstream request: hop-by-hop and spoofable headers
@@ -212,14 +87,14 @@ pub(crate) fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
     }
     headers.insert(header::HOST, info.host.clone());
     if let Some(site) = info.site_name {
-        headers.insert("x-frappe-site-name", site.clone());
+        headers.insert(X_FRAPPE_SITE_NAME, site.clone());
     }
-    headers.insert("x-forwarded-for", ip_header(info.client_ip));
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(info.proto));
+    headers.insert(X_FORWARDED_FOR, ip_header(info.client_ip));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(info.proto));
     if let Some(host) = original_host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
-    headers.insert(X_REQUEST_ID, info.request_id.clone());
+    headers.insert(X_REQUEST_ID, info.request_id.header());
     if let Some(proto) = upgrade {
         headers.insert(header::UPGRADE, proto);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -271,8 +146,14 @@ fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
+/// The address as a header value, formatted on the stack (one allocation, not two).
 fn ip_header(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value")
+    use std::io::Write;
+    let mut text = [0u8; 45]; // the longest IPv6 form
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    write!(cursor, "{ip}").expect("an IP address fits in 45 bytes");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&text[..len]).expect("an IP address is a valid header value")
 }
 
 /// HTTP/2 sends cookies as separate crumbs; HTTP/1.1 needs one `Cookie` line joined by
@@ -295,11 +176,15 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 fn upstream_uri(base: &Uri, rewritten: Option<&str>, original: &Uri) -> Uri {
-    let path_and_query = rewritten.unwrap_or_else(|| original.path_and_query().map_or("/", |pq| pq.as_str()));
+    // The client's own path shares the request's buffer; only a rewritten one is parsed.
+    let path_and_query = match rewritten {
+        Some(rewritten) => rewritten.parse().ok(),
+        None => Some(original.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"))),
+    };
     let mut parts = http::uri::Parts::default();
     parts.scheme = base.scheme().cloned();
     parts.authority = base.authority().cloned();
-    parts.path_and_query = path_and_query.parse().ok();
+    parts.path_and_query = path_and_query;
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
@@ -323,7 +208,7 @@ mod tests {
     fn info<'a>(
         base: &'a Uri,
         host: &'a HeaderValue,
-        rid: &'a HeaderValue,
+        rid: &'a RequestId,
         user: Option<(&'a HeaderName, &'a str)>,
     ) -> ForwardInfo<'a> {
         ForwardInfo {
@@ -356,7 +241,7 @@ mod tests {
             .unwrap();
         let base: Uri = "http://127.0.0.1:8000".parse().unwrap();
         let host = HeaderValue::from_static("erp.example.com");
-        let rid = HeaderValue::from_static("rid");
+        let rid = RequestId::inherited(&HeaderValue::from_static("rid")).unwrap();
         let user_header = HeaderName::from_static("x-frappe-user");
         prepare(&mut req, &info(&base, &host, &rid, Some((&user_header, "api@example.com"))));
         let h = req.headers();
@@ -381,7 +266,7 @@ mod tests {
             .unwrap();
         let base: Uri = "http://127.0.0.1:7000".parse().unwrap();
         let host = HeaderValue::from_static("reports");
-        let rid = HeaderValue::from_static("rid");
+        let rid = RequestId::inherited(&HeaderValue::from_static("rid")).unwrap();
         let mut forward = info(&base, &host, &rid, None);
         forward.authorization = false;
         forward.path_and_query = Some("/y?z=1");
@@ -402,7 +287,7 @@ mod tests {
         assert!(is_upgrade(&req));
         let base: Uri = "http://127.0.0.1:8000".parse().unwrap();
         let host = HeaderValue::from_static("erp");
-        let rid = HeaderValue::from_static("rid");
+        let rid = RequestId::inherited(&HeaderValue::from_static("rid")).unwrap();
         prepare(&mut req, &info(&base, &host, &rid, None));
         assert_eq!(req.headers()["upgrade"], "websocket");
         assert_eq!(req.headers()["connection"], "upgrade");

@@ -11,11 +11,12 @@ use std::time::{Instant, SystemTime};
 
 use http::{Method, Uri, Version};
 
-use crate::access_log::{loggable_path, timestamp, AccessLog, AccessRecord};
+use crate::access_log::{timestamp, AccessLog, AccessRecord, LoggablePath};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::outcome::{AuthOutcome, Decision, Limiter, MethodClass};
 use crate::request_body::BodyStats;
+use crate::state::RequestId;
 
 /// Status logged for a request whose client went away before it was answered.
 const CLIENT_CLOSED: u16 = 499;
@@ -27,7 +28,7 @@ pub(crate) struct RequestLog {
     wall: SystemTime,
     /// Set by `finish`; the drop guard writes only when it is still false.
     written: bool,
-    pub(crate) request_id: Arc<str>,
+    pub(crate) request_id: RequestId,
     pub(crate) client_ip: IpAddr,
     pub(crate) peer: IpAddr,
     /// The `Host` header (HTTP/1.1); HTTP/2's `:authority` is read from `uri` when logged.
@@ -61,7 +62,7 @@ impl RequestLog {
         sink: &AccessLog,
         metrics: &Arc<Metrics>,
         req: &http::Request<B>,
-        request_id: Arc<str>,
+        request_id: RequestId,
         client_ip: IpAddr,
     ) -> Self {
         RequestLog {
@@ -106,7 +107,7 @@ impl RequestLog {
     pub(crate) fn unparsed(
         sink: &AccessLog,
         metrics: &Arc<Metrics>,
-        request_id: Arc<str>,
+        request_id: RequestId,
         client_ip: IpAddr,
         tls: Option<&'static str>,
         status: u16,
@@ -157,7 +158,7 @@ impl RequestLog {
         }
         let record = AccessRecord {
             time: timestamp(self.wall),
-            request_id: self.request_id.clone(),
+            request_id: self.request_id.as_str(),
             client_ip: self.client_ip,
             peer: self.peer,
             host: self
@@ -166,8 +167,8 @@ impl RequestLog {
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| self.uri.as_ref().and_then(|u| u.authority()).map(|a| a.as_str())),
             user_agent: self.user_agent.take(),
-            method: self.method.as_ref().map_or_else(|| "-".to_string(), Method::to_string),
-            path: self.uri.as_ref().map_or_else(|| "-".to_string(), loggable_path),
+            method: self.method.as_ref().map_or("-", Method::as_str),
+            path: LoggablePath(self.uri.as_ref()),
             protocol: protocol_name(self.version),
             tls: self.tls,
             status: self.status,

@@ -199,9 +199,14 @@ impl RouteTable {
             // Another backend: Frappe's dispatch does not apply to what it runs.
             return RouteMatch { sent, judged: sent };
         }
+        let path = (!request.by_cmd).then_some(request.path.as_str());
         let spelling = RequestSpelling {
-            path: (!request.by_cmd).then_some(request.path.as_str()),
-            canonical: request.call.canonical_path(),
+            path,
+            // A path already in its v1 spelling needs no second one.
+            canonical: match path {
+                Some(path) if request.call.spelled_canonically(path) => None,
+                _ => request.call.canonical_path(),
+            },
             tail: request.call.controller_tail(),
             doctype_method: matches!(request.call, Call::DocTypeMethod { .. }),
         };

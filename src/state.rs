@@ -8,16 +8,18 @@ use std::time::Duration;
 
 use anyhow::Result;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use http::HeaderValue;
 
 use crate::access_log::AccessLog;
 use crate::auth::{CredentialStore, FrappeClient, SyncStatus, VerifyBudget};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{FailedAuthTracker, RateLimiter, RestrictIpCache, RevocationBus};
-use crate::proxy::Upstream;
 use crate::reload::ConfigSource;
 use crate::runtime::Runtime;
 use crate::tls::Certificate;
+use crate::upstream::Upstream;
 
 /// See the module docs.
 pub(crate) struct Shared {
@@ -132,8 +134,77 @@ impl RequestIds {
         RequestIds { prefix: rand::random(), next: AtomicU64::new(1) }
     }
 
-    pub(crate) fn next(&self) -> Arc<str> {
+    /// `{prefix:016x}{counter:08x}`, formatted on the stack: one allocation, shared by the
+    /// response header, the upstream request and the access log.
+    pub(crate) fn next(&self) -> RequestId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Arc::from(format!("{:016x}{:08x}", self.prefix, n))
+        let mut id = [0u8; 32];
+        hex(self.prefix, 16, &mut id[..16]);
+        let digits = (16 - n.leading_zeros() as usize / 4).max(8);
+        hex(n, digits, &mut id[16..16 + digits]);
+        // An owned buffer: clones share it (a copied slice would be copied again when first
+        // cloned).
+        let id = Bytes::from_owner(id).slice(..16 + digits);
+        RequestId(HeaderValue::from_maybe_shared(id).expect("hex digits are a valid header value"))
+    }
+}
+
+/// Writes the low `digits` hex digits of `n` into `out`, most significant first.
+fn hex(n: u64, digits: usize, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in out[..digits].iter_mut().enumerate() {
+        *byte = DIGITS[(n >> (4 * (digits - 1 - i)) & 0xf) as usize];
+    }
+}
+
+/// One request's id (`X-Request-Id`): visible ASCII, at most 128 bytes. Cloning it is a
+/// reference count, not a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// A trusted proxy's id, kept when it is visible ASCII of 1 to 128 bytes.
+    pub(crate) fn inherited(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let valid = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
+        valid.then(|| RequestId(value.clone()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.0.as_bytes()).expect("request ids are visible ASCII")
+    }
+
+    pub(crate) fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_prefix_and_counter_in_hex() {
+        let ids = RequestIds { prefix: 0x0123_4567_89ab_cdef, next: AtomicU64::new(0x2a) };
+        assert_eq!(ids.next().as_str(), "0123456789abcdef0000002a");
+        assert_eq!(ids.next().as_str(), "0123456789abcdef0000002b");
+        ids.next.store(0x1_0000_0000, Ordering::Relaxed);
+        assert_eq!(ids.next().as_str(), "0123456789abcdef100000000");
+    }
+
+    #[test]
+    fn only_visible_ascii_ids_are_inherited() {
+        let keep = HeaderValue::from_static("edge-1234");
+        assert_eq!(RequestId::inherited(&keep).unwrap().as_str(), "edge-1234");
+        for bad in [HeaderValue::from_static(""), HeaderValue::from_static("a b")] {
+            assert!(RequestId::inherited(&bad).is_none());
+        }
+        assert!(RequestId::inherited(&HeaderValue::from_str(&"x".repeat(129)).unwrap()).is_none());
     }
 }

@@ -77,6 +77,25 @@ impl Call {
         }
     }
 
+    /// True when `path` already is [`Self::canonical_path`] (checked without building it).
+    pub fn spelled_canonically(&self, path: &str) -> bool {
+        let (prefix, first, second) = match self {
+            Call::Method(m) => ("/api/method/", m, None),
+            Call::Resource { doctype, name: None } => ("/api/resource/", doctype, None),
+            Call::Resource { doctype, name: Some(name) } | Call::DocumentMethod { doctype, name, .. } => {
+                ("/api/resource/", doctype, Some(name))
+            }
+            _ => return false,
+        };
+        let Some(rest) = path.strip_prefix(prefix).and_then(|rest| rest.strip_prefix(first.as_str())) else {
+            return false;
+        };
+        match second {
+            None => rest.is_empty(),
+            Some(name) => rest.strip_prefix('/') == Some(name.as_str()),
+        }
+    }
+
     /// The part of the dotted path of a DocType controller function that the DocType alone
     /// decides, `doctype.<scrub(dt)>.<scrub(dt)>.<method>` (the app and module before it are
     /// known only to Frappe). Both spellings of such a call share it.
@@ -221,6 +240,23 @@ mod tests {
         assert_eq!(r.path, "/api/resource/ToDo");
         assert_eq!(r.forward.as_deref(), Some("/api/resource/ToDo?limit=1"));
         assert_eq!(head(Method::GET, "/api/resource/ToDo?limit=1").forward, None);
+    }
+
+    #[test]
+    fn a_v1_path_is_its_own_canonical_spelling() {
+        let calls = [
+            (Call::Method("frappe.client.get_list".into()), "/api/method/frappe.client.get_list"),
+            (Call::Resource { doctype: "ToDo".into(), name: None }, "/api/resource/ToDo"),
+            (Call::Resource { doctype: "ToDo".into(), name: Some("a/b".into()) }, "/api/resource/ToDo/a/b"),
+        ];
+        for (call, v1) in calls {
+            assert!(call.spelled_canonically(v1), "{v1}");
+            assert_eq!(call.canonical_path().as_deref(), Some(v1));
+            for other in ["/api/v2/document/ToDo", "/api/resource/ToD", "/api/resource/ToDo/", "/"] {
+                assert!(!call.spelled_canonically(other), "{other} for {call:?}");
+            }
+        }
+        assert!(!Call::Page.spelled_canonically("/"));
     }
 
     #[test]

@@ -2,9 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use http::header::HeaderValue;
 use http::{Request, Response};
 
 use crate::body::ResponseBody;
@@ -16,7 +14,7 @@ use crate::proxy::X_REQUEST_ID;
 use crate::request_log::RequestLog;
 use crate::routes::RouteEntry;
 use crate::runtime::Runtime;
-use crate::state::Shared;
+use crate::state::{RequestId, Shared};
 
 /// Facts about the client connection a request arrived on.
 pub(crate) struct ConnInfo {
@@ -32,7 +30,7 @@ pub(super) struct Ctx<'a> {
     /// The runtime configuration this request started with.
     pub(super) rt: &'a Runtime,
     pub(super) log: RequestLog,
-    pub(super) request_id: HeaderValue,
+    pub(super) request_id: RequestId,
     /// The tightest rate-limit decision so far, echoed in `RateLimit-*` headers.
     rate: Option<LimitDecision>,
     pub(super) worker: usize,
@@ -41,11 +39,11 @@ pub(super) struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub(super) fn begin<B>(shared: &'a Shared, rt: &'a Runtime, conn: &ConnInfo, req: &Request<B>) -> Self {
         let client_ip = rt.client_ip.resolve(conn.peer, req.headers().get_all("x-forwarded-for"));
-        let (request_id, request_id_header) = request_id(shared, rt, conn.peer, req);
+        let request_id = request_id(shared, rt, conn.peer, req);
         let obs = &shared.obs;
-        let mut log = RequestLog::begin(&obs.access_log, &obs.metrics, req, request_id, client_ip);
+        let mut log = RequestLog::begin(&obs.access_log, &obs.metrics, req, request_id.clone(), client_ip);
         (log.tls, log.peer) = (conn.tls, conn.peer);
-        Ctx { shared, rt, log, request_id: request_id_header, rate: None, worker: conn.worker }
+        Ctx { shared, rt, log, request_id, rate: None, worker: conn.worker }
     }
 
     pub(super) fn client_ip(&self) -> IpAddr {
@@ -59,8 +57,14 @@ impl<'a> Ctx<'a> {
     /// The call Frappe will run and the route judging it, for the access log.
     pub(super) fn note_call(&mut self, route: &RouteEntry, call: &Call) {
         self.log.route = Some(route.path.clone());
-        self.log.doctype = call.doctype().map(str::to_string);
-        self.log.rpc = call.rpc().map(Cow::into_owned);
+        // Called again once the body is judged: copy only what changed.
+        if self.log.doctype.as_deref() != call.doctype() {
+            self.log.doctype = call.doctype().map(str::to_string);
+        }
+        let rpc = call.rpc();
+        if self.log.rpc.as_deref() != rpc.as_deref() {
+            self.log.rpc = rpc.map(Cow::into_owned);
+        }
     }
 
     /// The one exit: the response (a refusal becomes Frappe's error JSON), with the request id
@@ -76,13 +80,13 @@ impl<'a> Ctx<'a> {
             Err(err) => {
                 log_refusal(&log, &err);
                 log.refused(&err);
-                err.to_response(&log.request_id)
+                err.to_response(log.request_id.as_str())
             }
         };
         if let Some(decision) = rate {
             decision.write_headers(response.headers_mut());
         }
-        response.headers_mut().insert(X_REQUEST_ID, request_id);
+        response.headers_mut().insert(X_REQUEST_ID, request_id.header());
         log.status = response.status().as_u16();
         response.body_mut().log_when_complete(log);
         response
@@ -91,19 +95,12 @@ impl<'a> Ctx<'a> {
 
 /// The request id: a trusted proxy's `X-Request-Id` is kept (so one id spans the chain),
 /// anyone else's is replaced.
-fn request_id<B>(shared: &Shared, rt: &Runtime, peer: IpAddr, req: &Request<B>) -> (Arc<str>, HeaderValue) {
-    let inherited = req
-        .headers()
+fn request_id<B>(shared: &Shared, rt: &Runtime, peer: IpAddr, req: &Request<B>) -> RequestId {
+    req.headers()
         .get(X_REQUEST_ID)
         .filter(|_| rt.client_ip.is_trusted(peer))
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
-    let id: Arc<str> = match inherited {
-        Some(id) => Arc::from(id),
-        None => shared.obs.request_ids.next(),
-    };
-    let header = HeaderValue::from_str(&id).expect("request ids are visible ASCII");
-    (id, header)
+        .and_then(RequestId::inherited)
+        .unwrap_or_else(|| shared.obs.request_ids.next())
 }
 
 /// One application-log line per refusal, at a level that matches who is at fault.

@@ -38,7 +38,10 @@ pub(super) async fn read(
     let limits = &ctx.rt.body_limits;
     match request_body::read(body, declared, limits).await? {
         ReadBody::Complete(bytes) => {
-            if route.target.frappe {
+            // An empty body adds nothing to the query's form_dict, read with the head (a
+            // multipart form is still parsed: an empty one is malformed).
+            let adds_fields = !bytes.is_empty() || matches!(kind, BodyKind::Multipart { .. });
+            if route.target.frappe && adds_fields {
                 frappe.judge_body(&head.method, &head.uri, &kind, &bytes).map_err(form_refused)?;
             }
             head.headers.remove(TRANSFER_ENCODING);

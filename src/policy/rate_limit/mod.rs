@@ -24,7 +24,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -155,13 +155,21 @@ impl Decision {
     /// Sets `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (IETF httpapi draft)
     /// and, when refused, `Retry-After`; replaces any existing values.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(RATELIMIT_RESET, HeaderValue::from(self.reset_secs()));
+        headers.insert(RATELIMIT_LIMIT, number(self.limit.into()));
+        headers.insert(RATELIMIT_REMAINING, number(self.remaining.into()));
+        headers.insert(RATELIMIT_RESET, number(self.reset_secs()));
         if let Some(secs) = self.retry_after_secs() {
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert(RETRY_AFTER, number(secs));
         }
     }
+}
+
+/// `n` as a header value. Values below 1024 (most limits, counts and waits) are made once
+/// and shared, so a response's rate-limit headers cost no allocation.
+fn number(n: u64) -> HeaderValue {
+    static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let small = SMALL.get_or_init(|| (0..1024u64).map(HeaderValue::from).collect());
+    usize::try_from(n).ok().and_then(|i| small.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
 }
 
 /// A monotonic time source for the local limiter and lockouts; swap in a [`ManualClock`] in tests.

@@ -1,0 +1,324 @@
+//! The upstream client: one per proxy worker, over hyper's connection API. Each worker keeps
+//! its own idle keep-alive connections per backend, so a request, its upstream connection and
+//! that connection's task stay on one thread, and a request takes a connection with one
+//! uncontended lock — no shared pool, no cross-thread hand-off (see benches/RESULTS.md for
+//! what it gave against hyper-util's pooled client).
+//!
+//! A connection goes back to its worker's idle list when the response body has been read to
+//! its end; one dropped earlier (the client went away), an upgraded one (WebSocket) and one the
+//! backend closes are not reused. A request that could not even be written on a reused
+//! connection (the backend closed it while it sat idle) is sent once more on a new one.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::metrics::Metrics;
+use crate::outcome::UpstreamError;
+use crate::request_body::{BodyStats, UpstreamBody};
+
+/// An idle connection is dropped after this long unused (backends close theirs too).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Idle connections kept per backend; more are closed when they finish.
+const MAX_IDLE: usize = 256;
+
+/// Where and how requests go upstream (see the module docs).
+pub(crate) struct Upstream {
+    connector: HttpsConnector<HttpConnector>,
+    pool: Arc<Pool>,
+    timeout: Duration,
+    /// Where answers and failures are counted (`None`: the readiness probe's own).
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Idle connections by backend (`scheme://authority`); a gateway has a handful of backends.
+#[derive(Default)]
+struct Pool {
+    idle: Mutex<Vec<(Backend, VecDeque<Idle>)>>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Backend {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Why a request did not get a response head.
+enum Failure {
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    Http(hyper::Error),
+}
+
+impl Upstream {
+    /// `connect_timeout` bounds each new connection; `timeout` the wait for a response head.
+    pub(crate) fn new(connect_timeout: Duration, timeout: Duration) -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Upstream { connector, pool: Arc::default(), timeout, metrics: None }
+    }
+
+    /// Counts this client's answers (time to head) and failures (by kind) in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Sends `req` (absolute URI: the backend to use) and returns the response head; the body
+    /// streams afterwards. Refused / reset → 502; no response head within `upstream.timeout`
+    /// of the request body being sent (upload time does not count) → 504; a body cut off on
+    /// its way (too large, too slow, a judged field in a streamed form) → that body's own error.
+    pub(crate) async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        stats: &BodyStats,
+    ) -> Result<Response<UpstreamResponse>, GatewayError> {
+        let answer_deadline = async {
+            stats.sent().await;
+            tokio::time::sleep(self.timeout).await;
+        };
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            result = self.exchange(req) => result.map_err(|failure| match stats.failure() {
+                // A request body cut off on its way is the client's doing, not the upstream's.
+                Some(body) => (None, body.to_error()),
+                None => (Some(failure.kind()), failure.to_error()),
+            }),
+            () = answer_deadline => Err((Some(UpstreamError::Timeout), GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
+                .with_reason(format!("no response within {}", humantime::format_duration(self.timeout))))),
+        };
+        if let Some(metrics) = &self.metrics {
+            match &outcome {
+                Ok(_) => metrics.record_upstream(started.elapsed()),
+                Err((Some(kind), _)) => metrics.record_upstream_error(*kind),
+                Err((None, _)) => {}
+            }
+        }
+        outcome.map_err(|(_, e)| e)
+    }
+
+    async fn exchange(&self, mut req: Request<UpstreamBody>) -> Result<Response<UpstreamResponse>, Failure> {
+        let backend = Backend::of(req.uri());
+        *req.uri_mut() = origin_form(req.uri());
+        let upgrade = crate::proxy::is_upgrade(&req);
+        let (mut sender, reused) = match self.pool.take(&backend).await {
+            Some(sender) => (sender, true),
+            None => (self.connect(&backend, upgrade).await?, false),
+        };
+        let response = match sender.try_send_request(req).await {
+            Ok(response) => response,
+            // The idle connection was closed before the request went out: a new one, once.
+            Err(mut e) if reused && e.message().is_some() => {
+                let req = e.take_message().expect("checked above");
+                sender = self.connect(&backend, upgrade).await?;
+                sender.try_send_request(req).await.map_err(|e| Failure::Http(e.into_error()))?
+            }
+            Err(e) => return Err(Failure::Http(e.into_error())),
+        };
+        let lease = Lease { pool: self.pool.clone(), backend, sender };
+        // An upgraded connection belongs to its tunnel from now on.
+        let lease = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(lease);
+        Ok(response.map(|body| UpstreamResponse { body, lease }))
+    }
+
+    /// A new connection to `backend`, its task spawned on this worker's runtime.
+    async fn connect(&self, backend: &Backend, upgrade: bool) -> Result<SendRequest<UpstreamBody>, Failure> {
+        let uri = Uri::builder()
+            .scheme(backend.scheme.clone())
+            .authority(backend.authority.clone())
+            .path_and_query(PathAndQuery::from_static("/"))
+            .build()
+            .map_err(|e| Failure::Connect(e.into()))?;
+        let io = self.connector.clone().call(uri).await.map_err(Failure::Connect)?;
+        let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(Failure::Http)?;
+        if upgrade {
+            crate::spawn(async move { log_connection_end(connection.with_upgrades().await) });
+        } else {
+            crate::spawn(async move { log_connection_end(connection.await) });
+        }
+        Ok(sender)
+    }
+}
+
+fn log_connection_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "upstream connection ended with an error");
+    }
+}
+
+impl Backend {
+    fn of(uri: &Uri) -> Self {
+        Backend {
+            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: uri.authority().cloned().unwrap_or_else(|| Authority::from_static("localhost")),
+        }
+    }
+}
+
+/// `/path?query`: what goes on the request line to an origin server.
+fn origin_form(uri: &Uri) -> Uri {
+    let path = uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(path)
+}
+
+impl Pool {
+    /// An idle connection to `backend` that is still open and ready, newest first.
+    async fn take(&self, backend: &Backend) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let mut idle = self.pop(backend)?;
+            if idle.since.elapsed() > IDLE_TIMEOUT || idle.sender.is_closed() {
+                continue;
+            }
+            // Ready at once unless its task has not yet seen the last response end.
+            if idle.sender.ready().await.is_ok() {
+                return Some(idle.sender);
+            }
+        }
+    }
+
+    fn pop(&self, backend: &Backend) -> Option<Idle> {
+        let mut pools = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.iter_mut().find(|(b, _)| b == backend).and_then(|(_, idle)| idle.pop_back())
+    }
+
+    fn put(&self, backend: Backend, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut pools = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = match pools.iter().position(|(b, _)| *b == backend) {
+            Some(i) => &mut pools[i].1,
+            None => {
+                pools.push((backend, VecDeque::new()));
+                &mut pools.last_mut().expect("just pushed").1
+            }
+        };
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { sender, since: Instant::now() });
+    }
+}
+
+/// The right to put a connection back once its response has been read to the end.
+struct Lease {
+    pool: Arc<Pool>,
+    backend: Backend,
+    sender: SendRequest<UpstreamBody>,
+}
+
+/// The upstream's response body; its connection returns to the pool when the body is done.
+pub(crate) struct UpstreamResponse {
+    body: Incoming,
+    lease: Option<Lease>,
+}
+
+impl Drop for UpstreamResponse {
+    fn drop(&mut self) {
+        // A body dropped before its end leaves the connection mid-message: not reusable.
+        if let Some(lease) = self.lease.take().filter(|_| self.body.is_end_stream()) {
+            lease.pool.put(lease.backend, lease.sender);
+        }
+    }
+}
+
+impl Body for UpstreamResponse {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Failure {
+    /// What kind of failure it is, for `gateway_upstream_errors_total{kind}`.
+    fn kind(&self) -> UpstreamError {
+        use std::io::ErrorKind as Io;
+        let http = match self {
+            Failure::Connect(_) => return UpstreamError::Connect,
+            Failure::Http(e) => e,
+        };
+        if http.is_parse() || http.is_parse_status() || http.is_parse_too_large() {
+            return UpstreamError::Protocol;
+        }
+        if http.is_incomplete_message()
+            || http.is_canceled()
+            || http.is_closed()
+            || http.is_body_write_aborted()
+        {
+            return UpstreamError::Reset;
+        }
+        if http.is_timeout() {
+            return UpstreamError::Timeout;
+        }
+        let mut source = std::error::Error::source(http);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                match io.kind() {
+                    Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof => {
+                        return UpstreamError::Reset
+                    }
+                    Io::TimedOut => return UpstreamError::Timeout,
+                    _ => {}
+                }
+            }
+            source = s.source();
+        }
+        UpstreamError::Other
+    }
+
+    fn to_error(&self) -> GatewayError {
+        let reason = match self {
+            Failure::Connect(e) => format!("upstream connect failed: {}", error_chain(e.as_ref())),
+            Failure::Http(e) => format!("upstream request failed: {}", error_chain(e)),
+        };
+        GatewayError::new(ErrorKind::BadGateway, "upstream is unavailable").with_reason(reason)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
