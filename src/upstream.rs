@@ -127,14 +127,16 @@ impl Upstream {
         let upgrade = crate::proxy::is_upgrade(&req);
         let (mut sender, reused) = match self.pool.take(&backend).await {
             Some(sender) => (sender, true),
-            None => (self.connect(&backend, upgrade).await?, false),
+            // Boxed: the connector's future is large and rarely needed, and every request's
+            // future would otherwise carry its size.
+            None => (Box::pin(self.connect(&backend, upgrade)).await?, false),
         };
         let response = match sender.try_send_request(req).await {
             Ok(response) => response,
             // The idle connection was closed before the request went out: a new one, once.
             Err(mut e) if reused && e.message().is_some() => {
                 let req = e.take_message().expect("checked above");
-                sender = self.connect(&backend, upgrade).await?;
+                sender = Box::pin(self.connect(&backend, upgrade)).await?;
                 sender.try_send_request(req).await.map_err(|e| Failure::Http(e.into_error()))?
             }
             Err(e) => return Err(Failure::Http(e.into_error())),

@@ -223,6 +223,19 @@ impl CredentialStore {
                 Judgement::Dead => {}
             }
         }
+        // Boxed: the Frappe call's future is large, and every request's future (hits too)
+        // would otherwise carry its size.
+        Box::pin(self.authenticate_miss(probe, authorization, stale, now)).await
+    }
+
+    /// A credential not (or no longer) fresh in the cache: the refusal cache, then Frappe.
+    async fn authenticate_miss(
+        &self,
+        probe: Probe<'_>,
+        authorization: &HeaderValue,
+        stale: Option<Arc<Entry>>,
+        now: Instant,
+    ) -> Result<Admitted, Rejection> {
         if self.refused(&probe.digest, now).await {
             return Err(Rejection::NegativeHit);
         }
