@@ -250,6 +250,18 @@ impl CredentialStore {
         }
     }
 
+    /// The admission for a credential fresh in the cache, decided without any I/O — exactly
+    /// what [`authenticate`](Self::authenticate) answers for it. `None` for every other case
+    /// (a miss, expired, refused, disabled or revoked): `authenticate` decides those.
+    pub async fn fresh_hit(&self, credential: &Credential<'_>) -> Option<Admitted> {
+        let probe = self.probe(credential);
+        let entry = self.cached(&probe).await?;
+        match self.judge(&entry, self.clock.now()) {
+            Judgement::Fresh(view) => admit(&entry, Outcome::Hit, view).ok(),
+            _ => None,
+        }
+    }
+
     /// The store's clock.
     pub(crate) fn now(&self) -> Instant {
         self.clock.now()

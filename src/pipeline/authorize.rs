@@ -55,16 +55,44 @@ pub(super) async fn admit(
     })
 }
 
+/// The credentials of a request on a token route, with the limits that come before them: a
+/// credential fresh in the cache is known without any I/O, so the lockout, per-IP and per-key
+/// limits are decided together (one Redis round trip); otherwise the lockout and per-IP come
+/// first and only then is Frappe asked.
+pub(super) async fn limited_credentials<'a>(
+    ctx: &mut Ctx<'a>,
+    sent: &'a RouteEntry,
+    head: &Parts,
+) -> Result<auth::Admitted, GatewayError> {
+    let header = head.headers.get(AUTHORIZATION);
+    let cached = match auth::parse(header) {
+        Ok(credential) => ctx.shared.auth.store.fresh_hit(&credential).await,
+        Err(_) => None,
+    };
+    let Some(admitted) = cached else {
+        limits::lockout_and_ip(ctx, sent).await?;
+        return credentials(ctx, head).await;
+    };
+    limits::lockout_ip_and_key(ctx, sent, &admitted).await?;
+    note_admitted(ctx, &admitted);
+    Ok(admitted)
+}
+
 /// Checks the credentials (the lockout was decided before); returns who they belong to.
 pub(super) async fn credentials(ctx: &mut Ctx<'_>, head: &Parts) -> Result<auth::Admitted, GatewayError> {
     let admitted = verify(ctx, head.headers.get(AUTHORIZATION)).await?;
+    note_admitted(ctx, &admitted);
+    Ok(admitted)
+}
+
+/// Who the request is, for the access log.
+fn note_admitted(ctx: &mut Ctx<'_>, admitted: &auth::Admitted) {
     ctx.log.auth = Some(admitted.outcome.outcome());
     ctx.log.user = Some(admitted.user.clone());
     ctx.log.api_key = Some(match ctx.rt.full_api_key {
         true => admitted.api_key.clone(),
         false => Arc::from(short_key(&admitted.api_key)),
     });
-    Ok(admitted)
 }
 
 /// Parses the header and asks the credential store. Wrong and malformed credentials count

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use http::{Request, Response};
 
 use crate::body::ResponseBody;
+use crate::config::Rate;
 use crate::error::GatewayError;
 use crate::frappe_request::Call;
 use crate::outcome::AuthOutcome;
@@ -33,6 +34,8 @@ pub(super) struct Ctx<'a> {
     pub(super) request_id: RequestId,
     /// The tightest rate-limit decision so far, echoed in `RateLimit-*` headers.
     rate: Option<LimitDecision>,
+    /// The per-key bucket (scope, rate) already charged with the lockout and per-IP check.
+    pub(super) key_charged: Option<(&'a str, Rate)>,
     pub(super) worker: usize,
 }
 
@@ -43,7 +46,7 @@ impl<'a> Ctx<'a> {
         let obs = &shared.obs;
         let mut log = RequestLog::begin(&obs.access_log, &obs.metrics, req, request_id.clone(), client_ip);
         (log.tls, log.peer) = (conn.tls, conn.peer);
-        Ctx { shared, rt, log, request_id, rate: None, worker: conn.worker }
+        Ctx { shared, rt, log, request_id, rate: None, key_charged: None, worker: conn.worker }
     }
 
     pub(super) fn client_ip(&self) -> IpAddr {

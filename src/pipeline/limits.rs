@@ -1,10 +1,16 @@
 //! The rate-limit phases: per-IP before any credential is looked at, the failed-auth lockout
 //! before credentials are checked, per-key once the key is known. Each picks its rate by
 //! precedence and echoes the tightest decision in the `RateLimit-*` headers.
+//!
+//! A credential fresh in the cache is known before any limit is asked (no I/O): then the
+//! lockout, per-IP and per-key are decided together ([`lockout_ip_and_key`]), one Redis round
+//! trip for the whole request; the user policies run after it, so a request they refuse has
+//! still been charged to its key. A miss keeps the order lockout + per-IP, Frappe, per-key.
 
 use std::time::Duration;
 
 use super::context::Ctx;
+use crate::auth::Admitted;
 use crate::config::Rate;
 use crate::error::GatewayError;
 use crate::outcome::Limiter;
@@ -40,7 +46,54 @@ pub(super) async fn lockout_and_ip(ctx: &mut Ctx<'_>, route: &RouteEntry) -> Res
     }
 }
 
-/// The per-key limit: `[[user]] per_key`, else the route's, else the global one.
+/// For a credential the cache vouches for: the failed-auth lockout, the per-IP and the per-key
+/// limit of the route as sent, decided in one batch (in that order; a locked-out IP charges
+/// nothing). [`limit_key`] then skips the bucket charged here.
+pub(super) async fn lockout_ip_and_key<'a>(
+    ctx: &mut Ctx<'a>,
+    route: &'a RouteEntry,
+    admitted: &Admitted,
+) -> Result<(), GatewayError> {
+    let ip = ctx.client_ip();
+    let ip_check =
+        ip_rate(route, ctx.rt.per_ip).map(|(scope, rate)| LimitCheck::new(scope, Subject::Ip(ip), rate));
+    let rt = ctx.rt;
+    let key = key_rate(route, rt.user_rules(&admitted.user), rt.per_key);
+    let key_check = key.map(|(scope, rate)| LimitCheck::new(scope, Subject::Key(&admitted.api_key), rate));
+    let (both, one);
+    let checks: &[LimitCheck<'_>] = match (ip_check, key_check) {
+        (Some(ip), Some(key)) => {
+            both = [ip, key];
+            &both
+        }
+        (Some(only), None) | (None, Some(only)) => {
+            one = [only];
+            &one
+        }
+        (None, None) => &[],
+    };
+    let outcome = ctx.shared.limits.failed_auth.check_batch(Some(ip), checks).await;
+    if let Some(left) = outcome.locked_out() {
+        return Err(locked_out(left).with_reason("IP locked out after repeated failed authentication"));
+    }
+    if let Some(decision) = outcome.tightest() {
+        ctx.note_rate(decision);
+    }
+    if let Some((index, decision)) = outcome.refused() {
+        let refused_check = &checks[index];
+        let limiter = match refused_check.subject {
+            Subject::Ip(_) => Limiter::PerIp,
+            _ => Limiter::PerKey,
+        };
+        return Err(refused(limiter, refused_check.scope, &refused_check.rate, decision));
+    }
+    ctx.key_charged = key;
+    Ok(())
+}
+
+/// The per-key limit: `[[user]] per_key`, else the route's, else the global one — unless the
+/// same bucket was charged with the lockout (a body that changed the judged route to one with
+/// another per-key rate is charged here too).
 pub(super) async fn limit_key(
     ctx: &mut Ctx<'_>,
     route: &RouteEntry,
@@ -48,6 +101,9 @@ pub(super) async fn limit_key(
     api_key: &str,
 ) -> Result<(), GatewayError> {
     let Some((scope, rate)) = key_rate(route, rules, ctx.rt.per_key) else { return Ok(()) };
+    if ctx.key_charged == Some((scope, rate)) {
+        return Ok(());
+    }
     apply(ctx, scope, Subject::Key(api_key), &rate, Limiter::PerKey).await
 }
 

@@ -5,6 +5,9 @@
 //! limit → credentials (after the failed-auth lockout) → body, judged where Frappe parses it →
 //! the routes of what Frappe will run → [`Admission`] → the user's policies → forward.
 //!
+//! On a token route a key fresh in the cache is recognised in memory first; the lockout,
+//! per-IP and per-key limits are then one batch (one Redis round trip), see [`limits`].
+//!
 //! [`handle`] is the one exit: [`Ctx::finish`] turns a refusal into a Frappe-shaped response,
 //! adds the request id and rate-limit headers, and hands the access-log entry to the response
 //! body, which writes it when the response is complete.
@@ -55,7 +58,7 @@ async fn process(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<R
     let credentials_first = authorize::credentials_first(sent, preflight);
     pre_auth::admit(ctx, sent, &frappe.call, credentials_first).await?;
     let early = match credentials_first {
-        true => Some(authorize::credentials(ctx, &head).await?),
+        true => Some(authorize::limited_credentials(ctx, sent, &head).await?),
         false => None,
     };
     let body = read_body::read(ctx, &mut head, body, declared, sent, &mut frappe, preflight).await?;

@@ -12,7 +12,8 @@ use crate::policy::Denied;
 use crate::routes::{RouteEntry, RouteMatch};
 
 /// The phases for the route of the path as sent. When credentials are checked next, the
-/// failed-auth lockout is decided with the per-IP limit.
+/// per-IP limit is left to [`authorize::limited_credentials`](super::authorize::limited_credentials),
+/// which decides it with the failed-auth lockout (and, for a cached key, the per-key limit).
 pub(super) async fn admit(
     ctx: &mut Ctx<'_>,
     sent: &RouteEntry,
@@ -24,7 +25,7 @@ pub(super) async fn admit(
     check_ip(ctx.rt.network.check(ip))?;
     admit_route(sent, ip)?;
     match credentials_next {
-        true => limits::lockout_and_ip(ctx, sent).await,
+        true => Ok(()),
         false => limits::limit_ip(ctx, sent).await,
     }
 }
