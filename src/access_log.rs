@@ -65,7 +65,7 @@ pub(crate) struct AccessRecord<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<Arc<str>>,
+    pub api_key: Option<KeyLabel<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthOutcome>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -278,6 +278,33 @@ fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, serializer: S)
     serializer.collect_str(value)
 }
 
+/// How an api_key is shown in the log and on the status page: whole (`log.full_api_key`), or
+/// `0a1b2c…#5f3c9e21` — the first 6 characters and a SHA-256 fingerprint, enough to tell keys
+/// apart, not enough to use one. Written straight into the line, computed only there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyLabel<'a> {
+    pub key: &'a str,
+    pub full: bool,
+}
+
+impl std::fmt::Display for KeyLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use sha2::Digest;
+        if self.full {
+            return f.write_str(self.key);
+        }
+        let prefix = self.key.char_indices().nth(6).map_or(self.key, |(i, _)| &self.key[..i]);
+        let digest = sha2::Sha256::digest(self.key.as_bytes());
+        write!(f, "{prefix}…#{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
+    }
+}
+
+impl Serialize for KeyLabel<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// `path?key1&key2`: the query's keys survive for debugging, its values never reach the log
 /// (`-` for a request without a path).
 #[derive(Debug, Clone, Copy)]
@@ -314,5 +341,15 @@ mod tests {
         let plain: http::Uri = "/api/resource/ToDo".parse().unwrap();
         assert_eq!(LoggablePath(Some(&plain)).to_string(), "/api/resource/ToDo");
         assert_eq!(LoggablePath(None).to_string(), "-");
+    }
+
+    #[test]
+    fn a_short_key_keeps_six_characters_and_a_fingerprint() {
+        let short = |key| KeyLabel { key, full: false }.to_string();
+        let label = short("0123456789abcdef");
+        assert!(label.starts_with("012345…#"), "{label}");
+        assert_eq!(label.chars().count(), "012345…#".chars().count() + 8);
+        assert_ne!(short("0123456789abcdef"), short("0123456789abcdeX"));
+        assert_eq!(KeyLabel { key: "0123456789abcdef", full: true }.to_string(), "0123456789abcdef");
     }
 }

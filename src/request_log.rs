@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use http::{Method, Uri, Version};
 
-use crate::access_log::{timestamp, AccessLog, AccessRecord, LoggablePath};
+use crate::access_log::{timestamp, AccessLog, AccessRecord, KeyLabel, LoggablePath};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::outcome::{AuthOutcome, Decision, Limiter, MethodClass};
@@ -48,7 +48,9 @@ pub(crate) struct RequestLog {
     bytes_out: u64,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) user: Option<Arc<str>>,
+    /// The whole key; the line shows it as `log.full_api_key` says ([`KeyLabel`]).
     pub(crate) api_key: Option<Arc<str>>,
+    pub(crate) full_api_key: bool,
     pub(crate) auth: Option<AuthOutcome>,
     pub(crate) doctype: Option<String>,
     pub(crate) rpc: Option<String>,
@@ -93,6 +95,7 @@ impl RequestLog {
             route: None,
             user: None,
             api_key: None,
+            full_api_key: false,
             auth: None,
             doctype: None,
             rpc: None,
@@ -180,7 +183,7 @@ impl RequestLog {
             bytes_out: self.bytes_out,
             route: self.route.take(),
             user: self.user.take(),
-            api_key: self.api_key.take(),
+            api_key: self.api_key.as_deref().map(|key| KeyLabel { key, full: self.full_api_key }),
             auth: self.auth,
             doctype: self.doctype.take(),
             rpc: self.rpc.take(),

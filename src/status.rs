@@ -21,6 +21,7 @@ use tokio::time::MissedTickBehavior;
 
 pub(crate) use self::history::History;
 pub(crate) use self::top::TopKeys;
+use crate::access_log::KeyLabel;
 use crate::metrics::{unix_seconds, Metrics, ProcessStats};
 use crate::outcome::AuthOutcome;
 use crate::server::ShutdownSignal;
@@ -88,7 +89,10 @@ pub(crate) async fn report(state: &Shared) -> Value {
     let auth_count = |o: AuthOutcome| auth.iter().find(|(a, _)| *a == o).map_or(0, |(_, n)| *n);
     let hits = auth_count(AuthOutcome::Hit);
     let verified = auth_count(AuthOutcome::MissVerified);
-    let (top_keys, top_users) = m.top_keys.top(TOP_ROWS);
+    let (mut top_keys, top_users) = m.top_keys.top(TOP_ROWS);
+    for k in &mut top_keys {
+        k.key = Arc::from(KeyLabel { key: &k.key, full: runtime.full_api_key }.to_string());
+    }
     let (reloads_ok, reloads_error) = m.reload_counts();
     let upstream_health = match (recent.upstream_responses, recent.upstream_errors) {
         (0, 0) => "idle",

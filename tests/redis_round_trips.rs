@@ -94,7 +94,7 @@ impl Setup {
 async fn a_cached_key_costs_one_redis_round_trip() {
     let redis = Redis::start();
     let limits = ["per_ip = \"1000/min\"", "per_key = \"25/min\"", "failed_auth_per_ip = \"20/min\""];
-    let mut s = setup(&redis, &limits).await;
+    let s = setup(&redis, &limits).await;
     // The first request verifies the key with Frappe (a miss: lockout + per-IP, then per-key).
     assert_eq!(s.get(SECRET).await.status(), 200);
     let mut last = None;

@@ -1,8 +1,6 @@
 //! Authorization: turns the judged route and the credentials into an [`Admission`], the only
 //! thing [`forward`](super::forward::forward) accepts.
 
-use std::sync::Arc;
-
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 
@@ -89,10 +87,8 @@ pub(super) async fn credentials(ctx: &mut Ctx<'_>, head: &Parts) -> Result<auth:
 fn note_admitted(ctx: &mut Ctx<'_>, admitted: &auth::Admitted) {
     ctx.log.auth = Some(admitted.outcome.outcome());
     ctx.log.user = Some(admitted.user.clone());
-    ctx.log.api_key = Some(match ctx.rt.full_api_key {
-        true => admitted.api_key.clone(),
-        false => Arc::from(short_key(&admitted.api_key)),
-    });
+    ctx.log.api_key = Some(admitted.api_key.clone());
+    ctx.log.full_api_key = ctx.rt.full_api_key;
 }
 
 /// Parses the header and asks the credential store. Wrong and malformed credentials count
@@ -121,26 +117,4 @@ async fn verify(ctx: &mut Ctx<'_>, header: Option<&HeaderValue>) -> Result<auth:
         true => limits::record_failure(ctx, err).await,
         false => err,
     })
-}
-
-/// `0a1b2c…#5f3c9e21`: the first 6 characters and a SHA-256 fingerprint — enough to tell keys
-/// apart in a log, not enough to use one.
-fn short_key(api_key: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(api_key.as_bytes());
-    let prefix: String = api_key.chars().take(6).collect();
-    format!("{prefix}…#{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_short_key_keeps_six_characters_and_a_fingerprint() {
-        let short = short_key("0123456789abcdef");
-        assert!(short.starts_with("012345…#"), "{short}");
-        assert_eq!(short.chars().count(), "012345…#".chars().count() + 8);
-        assert_ne!(short_key("0123456789abcdef"), short_key("0123456789abcdeX"));
-    }
 }
