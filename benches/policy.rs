@@ -1,5 +1,5 @@
 //! Policy hot paths: CIDR lookup with 10,000 rules, client-IP resolution, local rate limiting
-//! (single checks and the batched lockout + per-IP + per-key check).
+//! (single checks and the batched lockout + per-IP + per-key check), route match with 50 routes.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use frappe_gateway::config::Rate;
+use frappe_gateway::frappe_request::FrappeRequest;
 use frappe_gateway::policy::rate_limit::LimitCheck;
 use frappe_gateway::policy::{
     ClientIpResolver, FailedAuthTracker, IpSet, LocalLimiter, RateLimiter, Subject,
@@ -159,5 +160,50 @@ fn redis_batch(c: &mut Criterion) {
     assert!(!limiter.is_degraded(), "Redis answered throughout");
 }
 
-criterion_group!(benches, ip_set, client_ip, rate_limit, rate_limit_batch, redis_batch);
+/// A gateway.toml with 50 routes: method prefixes, DocType resources, a few denies and
+/// public paths, as a large site might configure.
+fn fifty_routes() -> String {
+    let mut toml =
+        String::from("[server]\nlisten = \"127.0.0.1:8443\"\n[upstream]\nurl = \"http://127.0.0.1:8000\"\n");
+    for i in 0..20 {
+        toml += &format!("[[route]]\npath = \"/api/method/app{i}.api.\"\nauth = \"token\"\n");
+    }
+    for i in 0..20 {
+        toml += &format!(
+            "[[route]]\npath = \"/api/resource/Doc Type {i}\"\nauth = \"token\"\nper_key = \"100/min\"\n"
+        );
+    }
+    for i in 0..5 {
+        toml += &format!("[[route]]\npath = \"/api/method/frappe.core.doctype.x{i}.\"\nauth = \"deny\"\n");
+    }
+    for i in 0..5 {
+        toml += &format!("[[route]]\npath = \"/assets/site{i}/\"\nauth = \"public\"\n");
+    }
+    toml
+}
+
+fn route_match(c: &mut Criterion) {
+    let config =
+        frappe_gateway::config::parse(&fifty_routes(), "bench.toml", &|_| None).expect("valid config");
+    assert_eq!(config.routes.len(), 50);
+    let table = frappe_gateway::bench_api::Routes::build(config).expect("routes compile");
+    let mut group = c.benchmark_group("route_match_50_routes");
+    for (name, uri) in [
+        ("resource_hit", "/api/resource/Doc%20Type%2017?limit=20"),
+        ("method_hit", "/api/method/app13.api.orders.list"),
+        ("fallback", "/api/resource/ToDo"),
+    ] {
+        let uri: http::Uri = uri.parse().unwrap();
+        let request = FrappeRequest::from_head(&http::Method::GET, &uri).expect("a request Frappe would run");
+        group.bench_function(format!("for_path/{name}"), |b| {
+            b.iter(|| table.for_path(black_box(&request.path)))
+        });
+        group.bench_function(format!("for_request/{name}"), |b| {
+            b.iter(|| table.for_request(black_box(&request)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, ip_set, client_ip, rate_limit, rate_limit_batch, redis_batch, route_match);
 criterion_main!(benches);

@@ -44,3 +44,29 @@ where
     use tracing::instrument::WithSubscriber;
     tokio::spawn(future.with_current_subscriber())
 }
+
+/// Entry points for `benches/` only, not part of the library's API: the route table exactly as
+/// a running gateway compiles it from a config.
+#[doc(hidden)]
+pub mod bench_api {
+    use crate::config::{AuthMode, Config};
+    use crate::frappe_request::FrappeRequest;
+
+    pub struct Routes(crate::runtime::Runtime);
+
+    impl Routes {
+        pub fn build(config: Config) -> anyhow::Result<Self> {
+            Ok(Routes(crate::runtime::Runtime::build(config)?))
+        }
+
+        /// The auth mode of the route of the path as sent (the pipeline's first lookup).
+        pub fn for_path(&self, path: &str) -> AuthMode {
+            self.0.routes.for_path(path).auth
+        }
+
+        /// The auth mode of the route that judges what Frappe will run (the second lookup).
+        pub fn for_request(&self, request: &FrappeRequest) -> AuthMode {
+            self.0.routes.for_request(request).judged.auth
+        }
+    }
+}
