@@ -157,10 +157,13 @@ impl Upstream {
             .map_err(|e| Failure::Connect(e.into()))?;
         let io = self.connector.clone().call(uri).await.map_err(Failure::Connect)?;
         let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(Failure::Http)?;
+        // Plain `tokio::spawn`, not `crate::spawn`: on a proxy worker the task stays on the
+        // worker's thread, whose default subscriber is already the gateway's; re-entering it on
+        // every poll (each request and response passes through this task) is measurable work.
         if upgrade {
-            crate::spawn(async move { log_connection_end(connection.with_upgrades().await) });
+            tokio::spawn(async move { log_connection_end(connection.with_upgrades().await) });
         } else {
-            crate::spawn(async move { log_connection_end(connection.await) });
+            tokio::spawn(async move { log_connection_end(connection.await) });
         }
         Ok(sender)
     }

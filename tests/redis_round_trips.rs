@@ -56,6 +56,18 @@ impl Setup {
         redis: &Redis,
         traffic: impl std::future::Future<Output = ()>,
     ) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for (_, command) in Setup::monitored(redis, traffic).await {
+            *counts.entry(command).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Every client command sent while `traffic` ran: (the client's address, lowercased name).
+    async fn monitored(
+        redis: &Redis,
+        traffic: impl std::future::Future<Output = ()>,
+    ) -> Vec<(String, String)> {
         let mut admin = redis.admin().await;
         let mut monitor = BufReader::new(TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap());
         monitor.get_mut().write_all(b"MONITOR\r\n").await.unwrap();
@@ -65,21 +77,22 @@ impl Setup {
         traffic.await;
         // Everything sent before the sentinel is in the stream before it.
         let _: String = ::redis::cmd("ECHO").arg(SENTINEL).query_async(&mut admin).await.unwrap();
-        let mut counts = HashMap::new();
+        let mut commands = Vec::new();
         loop {
             line.clear();
             let read = tokio::time::timeout(LOG_WAIT, monitor.read_line(&mut line)).await;
             assert!(matches!(read, Ok(Ok(n)) if n > 0), "MONITOR stream ended");
             if line.contains(SENTINEL) {
-                return counts;
+                return commands;
             }
             // `+1700000000.123456 [0 127.0.0.1:40000] "EVALSHA" "…"` or `[0 lua] "get" …`
             let Some((source, command)) = line.split_once("] \"") else { continue };
             if source.ends_with(" lua") {
                 continue;
             }
+            let address = source.rsplit(' ').next().unwrap_or_default().to_string();
             let name = command.split('"').next().unwrap_or_default().to_lowercase();
-            *counts.entry(name).or_insert(0) += 1;
+            commands.push((address, name));
         }
     }
 
@@ -202,4 +215,65 @@ async fn a_body_that_changes_the_route_is_charged_to_that_routes_key_limit() {
     assert_eq!(statuses[2], 429, "the judged route's per-key bucket is charged: {statuses:?}");
     // The route as sent still admits plain calls (its bucket is far from empty).
     assert_eq!(send("x=1").await.unwrap().status(), 200);
+}
+
+/// The addresses of the clients connected to `redis` (`CLIENT LIST`).
+async fn client_addresses(admin: &mut ::redis::aio::MultiplexedConnection) -> Vec<String> {
+    let list: String = ::redis::cmd("CLIENT").arg("LIST").query_async(admin).await.unwrap();
+    list.lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("addr=")).map(str::to_string))
+        .collect()
+}
+
+/// Each proxy worker calls Redis on a connection of its own, made on its own thread: the
+/// shared connection lives on the main runtime, and going through it would cost two
+/// cross-thread wake-ups per request. Once the workers' connections are up, every script call
+/// comes from one of them, none from a connection the gateway had before serving traffic.
+#[tokio::test]
+async fn each_worker_calls_redis_on_its_own_connection() {
+    let redis = Redis::start();
+    let frappe = FakeFrappe::start().await;
+    frappe.add_user(USER, KEY, SECRET);
+    let certs = Certs::generate();
+    let config = ConfigBuilder::new(&frappe.url())
+        .tls(&certs)
+        .set("server", "workers = 2")
+        .set("rate_limit", "backend = \"redis\"")
+        .set("rate_limit", "redis_url_env = \"FGW_TEST_REDIS\"")
+        .set("rate_limit", "per_key = \"100000/min\"")
+        .build();
+    let url = redis.url();
+    let gateway = Gateway::start(&config, &[("FGW_TEST_REDIS", url.as_str())]).await;
+    let mut admin = redis.admin().await;
+    let before = client_addresses(&mut admin).await;
+    // 16 clients, one TCP connection each: the kernel spreads them over both workers
+    // (SO_REUSEPORT; all on one worker has odds of 2^-15).
+    let clients: Vec<_> = (0..16).map(|_| https_client(&certs.ca_pem, HttpVersion::Http1Only)).collect();
+    let get_all = || async {
+        for client in &clients {
+            let url = format!("{}/api/resource/ToDo", gateway.base_url());
+            let response =
+                client.get(url).header("authorization", token_header(KEY, SECRET)).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // Each worker's first call starts its connection (and uses the shared one meanwhile).
+    let deadline = tokio::time::Instant::now() + LOG_WAIT;
+    loop {
+        get_all().await;
+        if client_addresses(&mut admin).await.len() >= before.len() + 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no connection per worker: {before:?}");
+    }
+    let after = client_addresses(&mut admin).await;
+    assert_eq!(after.len(), before.len() + 2, "one new connection per worker: {before:?} → {after:?}");
+    let calls = Setup::monitored(&redis, get_all()).await;
+    let sources: std::collections::BTreeSet<_> =
+        calls.iter().filter(|(_, c)| c == "evalsha").map(|(a, _)| a.clone()).collect();
+    assert_eq!(calls.iter().filter(|(_, c)| c == "evalsha").count(), 16, "{calls:?}");
+    assert_eq!(sources.len(), 2, "both workers' connections: {sources:?}");
+    for source in &sources {
+        assert!(!before.contains(source), "{source} is a connection the gateway had before traffic");
+    }
 }

@@ -1,10 +1,12 @@
-//! The Redis backend: one shared connection with a degraded switch, and GCRA in a Lua script.
+//! The Redis backend: a connection per proxy worker (and one shared by everything else) with
+//! one degraded switch, and GCRA in a Lua script.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisResult, Script};
@@ -92,14 +94,22 @@ pub(crate) enum SharedBatch {
     Decided(BatchOutcome),
 }
 
-/// One Redis connection shared by the limiter, the lockout tracker and the revocation bus,
-/// with the "degraded" switch they all honour.
+/// The Redis connections of the limiter, the lockout tracker and the revocation bus, with the
+/// "degraded" switch they all honour.
+///
+/// A proxy worker (a single-threaded runtime) uses a connection of its own, made on its own
+/// runtime, so a request's Redis call is written and answered on the request's thread: the
+/// shared connection's task lives on the main runtime, and reaching it costs two cross-thread
+/// wake-ups per call. Until a worker's connection is up the worker uses the shared one.
 ///
 /// Every operation runs under `timeout`. The first failure (error or timeout) flips the link to
 /// degraded and logs one warning; while degraded, callers get `None` at once (they fall back
 /// to local state) except for one probe per [`PROBE_INTERVAL`]. The first success logs one
 /// info line and flips it back.
 pub(crate) struct RedisLink {
+    /// Tells this link's per-thread connections from other links' (tests run several gateways
+    /// in one process).
+    id: u64,
     client: Client,
     conn: ArcSwapOption<ConnectionManager>,
     connecting: AtomicBool,
@@ -118,7 +128,9 @@ impl RedisLink {
         timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> RedisResult<Arc<Self>> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let link = Arc::new(RedisLink {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             client: Client::open(url)?,
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(false),
@@ -155,12 +167,18 @@ impl RedisLink {
         if !always && !self.may_try() {
             return None;
         }
-        let Some(conn) = self.conn.load_full() else {
-            self.spawn_connect();
-            self.failed(&"not connected");
-            return None;
+        let conn = match self.worker_connection() {
+            Some(conn) => conn,
+            None => match self.conn.load_full() {
+                Some(conn) => (*conn).clone(),
+                None => {
+                    self.spawn_connect();
+                    self.failed(&"not connected");
+                    return None;
+                }
+            },
         };
-        match tokio::time::timeout(self.timeout, op((*conn).clone())).await {
+        match tokio::time::timeout(self.timeout, op(conn)).await {
             Ok(Ok(value)) => {
                 self.succeeded();
                 Some(value)
@@ -221,6 +239,50 @@ impl RedisLink {
         });
     }
 
+    /// This proxy worker's own connection, once it is up. `None` off the proxy workers (the
+    /// main runtime uses the shared connection) and while it connects: the first call on a
+    /// worker starts connecting in the background (again at most every [`PROBE_INTERVAL`]
+    /// after a failure), so no request waits for it.
+    fn worker_connection(self: &Arc<Self>) -> Option<ConnectionManager> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        WORKER_CONNECTIONS.with_borrow_mut(|slots| {
+            let slot = match slots.iter_mut().find(|(id, _)| *id == self.id) {
+                Some((_, slot)) => slot,
+                None => {
+                    slots.push((self.id, WorkerConnection::Idle { retry_at: Instant::now() }));
+                    &mut slots.last_mut().expect("just pushed").1
+                }
+            };
+            match slot {
+                WorkerConnection::Up(conn) => Some(conn.clone()),
+                WorkerConnection::Connecting => None,
+                WorkerConnection::Idle { retry_at } if Instant::now() < *retry_at => None,
+                WorkerConnection::Idle { .. } => {
+                    *slot = WorkerConnection::Connecting;
+                    // A current-thread runtime polls its tasks on this thread only: the task
+                    // fills in this thread's slot.
+                    let link = self.clone();
+                    tokio::spawn(async move {
+                        let made = tokio::time::timeout(link.connect_budget(), link.new_manager()).await;
+                        let next = match made {
+                            Ok(Ok(manager)) => WorkerConnection::Up(manager),
+                            _ => WorkerConnection::Idle { retry_at: Instant::now() + PROBE_INTERVAL },
+                        };
+                        WORKER_CONNECTIONS.with_borrow_mut(|slots| {
+                            if let Some((_, slot)) = slots.iter_mut().find(|(id, _)| *id == link.id) {
+                                *slot = next;
+                            }
+                        });
+                    });
+                    None
+                }
+            }
+        })
+    }
+
     /// A connection manager that reconnects by itself after errors, with short retries: our
     /// own probe, not its backoff, decides when Redis counts as back.
     async fn new_manager(&self) -> RedisResult<ConnectionManager> {
@@ -237,6 +299,18 @@ impl RedisLink {
     fn connect_budget(&self) -> Duration {
         (self.timeout * 20).clamp(Duration::from_millis(500), Duration::from_secs(3))
     }
+}
+
+/// A proxy worker's own connection to one link's Redis (see [`RedisLink::worker_connection`]).
+enum WorkerConnection {
+    Idle { retry_at: Instant },
+    Connecting,
+    Up(ConnectionManager),
+}
+
+thread_local! {
+    /// Per link id: this thread's connection. Only proxy workers' threads fill it.
+    static WORKER_CONNECTIONS: RefCell<Vec<(u64, WorkerConnection)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl fmt::Debug for RedisLink {
