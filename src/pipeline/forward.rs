@@ -1,5 +1,6 @@
 //! The last phase: the request goes upstream as its [`Admission`] allows, and the answer
-//! streams back. It cannot be called without an admission.
+//! streams back. It takes a [`Forwardable`], which carries the [`Admission`]: there is none
+//! without one.
 
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -8,19 +9,38 @@ use super::authorize::Admission;
 use super::context::Ctx;
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::frappe_request::FrappeRequest;
 use crate::proxy::{self, ForwardInfo};
 use crate::request_body::UpstreamBody;
 use crate::routes::RouteEntry;
 
+/// What the phases before the upstream call hand to [`forward`], built by
+/// [`admit`](super::admit) once every one of them has passed.
+pub(super) struct Forwardable<'r> {
+    /// The route of the path as sent: it picks the backend.
+    pub(super) route: &'r RouteEntry,
+    pub(super) head: Parts,
+    pub(super) body: UpstreamBody,
+    /// The path and query to send upstream when they differ from the client's
+    /// (`FrappeRequest::forward`).
+    pub(super) path_and_query: Option<String>,
+    pub(super) admission: Admission,
+}
+
+impl Forwardable<'_> {
+    /// The user the request goes upstream as (`None`: a public route or a preflight).
+    pub(super) fn user(&self) -> Option<&str> {
+        match &self.admission {
+            Admission::Authenticated(admitted) => Some(&admitted.user),
+            Admission::Public | Admission::Preflight => None,
+        }
+    }
+}
+
 pub(super) async fn forward(
     ctx: &mut Ctx<'_>,
-    route: &RouteEntry,
-    head: Parts,
-    body: UpstreamBody,
-    frappe: &FrappeRequest,
-    admission: Admission,
+    forwardable: Forwardable<'_>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
+    let Forwardable { route, head, body, path_and_query, admission } = forwardable;
     let target = &route.target;
     // A public route to Frappe keeps the client's Authorization and cookies: Frappe checks
     // them itself. Another backend gets only what the route opts into.
@@ -39,7 +59,7 @@ pub(super) async fn forward(
         user: user.map(|u| (&ctx.rt.user_header, u)),
         authorization,
         cookies,
-        path_and_query: frappe.forward.as_deref(),
+        path_and_query: path_and_query.as_deref(),
     };
     let mut req = Request::from_parts(head, body);
     let client_upgrade =

@@ -8,6 +8,10 @@
 //! On a token route a key fresh in the cache is recognised in memory first; the lockout,
 //! per-IP and per-key limits are then one batch (one Redis round trip), see [`limits`].
 //!
+//! [`admit`] runs every phase before the upstream call and returns a [`Forwardable`], what
+//! [`forward::forward`] sends upstream. For a bodyless request with a key fresh in the cache on
+//! the local limiter it does no I/O (`benches/pipeline.rs` measures it).
+//!
 //! [`handle`] is the one exit: [`Ctx::finish`] turns a refusal into a Frappe-shaped response,
 //! adds the request id and rate-limit headers, and hands the access-log entry to the response
 //! body, which writes it when the response is complete.
@@ -33,6 +37,7 @@ use crate::state::Shared;
 
 pub(crate) use context::ConnInfo;
 use context::Ctx;
+use forward::Forwardable;
 
 /// Entry point for every request on the proxy listener.
 pub(crate) async fn handle(
@@ -47,10 +52,35 @@ pub(crate) async fn handle(
     Ok(ctx.finish(outcome))
 }
 
-/// The pipeline proper. The route of the path as sent is checked first (cheap refusals need
-/// no body); then the body is read where Frappe would parse it, the Frappe request model says
-/// what Frappe will run, and the routes of every spelling of that call are judged.
+/// For [`bench_api`](crate::bench_api) only: a request started as [`handle`] starts it, through
+/// [`admit`]. `then` sees the verdict (the user a request goes upstream as, or the refusal's
+/// status and reason) before the request's state is dropped; nothing is sent upstream and
+/// [`Ctx::finish`] is not called (the access-log entry is the drop guard's).
+pub(crate) async fn admit_for_bench<R>(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    then: impl FnOnce(Result<Option<&str>, (u16, &str)>) -> R,
+) -> R {
+    let runtime = shared.runtime();
+    let mut ctx = Ctx::begin(shared, &runtime, conn, &req);
+    match admit(&mut ctx, req).await {
+        Ok(forwardable) => then(Ok(forwardable.user())),
+        Err(err) => then(Err((err.kind.status().as_u16(), &err.reason))),
+    }
+}
+
+/// The pipeline proper: everything before the upstream call, then the call.
 async fn process(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<ResponseBody>, GatewayError> {
+    let forwardable = admit(ctx, req).await?;
+    forward::forward(ctx, forwardable).await
+}
+
+/// Every phase before the upstream call, in order. The route of the path as sent is checked
+/// first (cheap refusals need no body); then the body is read where Frappe would parse it, the
+/// Frappe request model says what Frappe will run, and the routes of every spelling of that
+/// call are judged.
+async fn admit<'r>(ctx: &mut Ctx<'r>, req: Request<Incoming>) -> Result<Forwardable<'r>, GatewayError> {
     let (mut head, body) = req.into_parts();
     let (mut frappe, declared) = head::admit(ctx, &mut head)?;
     let sent = ctx.rt.routes.for_path(&frappe.path);
@@ -66,7 +96,7 @@ async fn process(ctx: &mut Ctx<'_>, req: Request<Incoming>) -> Result<Response<R
     pre_auth::admit_judged(ctx, &routes, &frappe.call)?;
     let admission = authorize::admit(ctx, &routes, &head, preflight, early).await?;
     post_auth::check(ctx, &routes, &head, &frappe, &admission).await?;
-    forward::forward(ctx, routes.sent, head, body, &frappe, admission).await
+    Ok(Forwardable { route: routes.sent, head, body, path_and_query: frappe.forward, admission })
 }
 
 #[cfg(test)]
