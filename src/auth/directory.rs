@@ -123,6 +123,22 @@ impl Directory {
         }
     }
 
+    /// The directory's own copies of a user's name and (lowercased) api_key, for a cached
+    /// credential to share instead of holding copies of its own; `None` for what sync does not
+    /// report (the key only when it is the user's current one).
+    pub(crate) fn shared_names(
+        &self,
+        user: &str,
+        api_key: Option<&str>,
+    ) -> (Option<Arc<str>>, Option<Arc<str>>) {
+        let inner = self.read();
+        let Some(synced) = inner.users.get(user).and_then(|r| r.synced.as_ref()) else {
+            return (None, None);
+        };
+        let key = synced.api_key.as_ref().filter(|k| api_key == Some(&***k)).cloned();
+        (Some(synced.name.clone()), key)
+    }
+
     /// Marks `user` revoked at `now` (every credential verified before is dead).
     pub(crate) fn mark_user(&self, user: &str, now: Instant) {
         let mut inner = self.write();
@@ -147,10 +163,12 @@ impl Directory {
         let newer = |r: &UserRecord| r.refreshed_at.is_some_and(|at| at >= fetched_from);
         for user in users {
             let user = user.normalized();
-            let prev = old.remove(&user.name).unwrap_or_default();
-            let record =
-                if newer(&prev) { prev } else { self.merge(prev, Some(user.clone()), now, &mut changes) };
-            next.insert(user.name.clone(), record);
+            let (name, record) = match old.remove_entry(&user.name) {
+                Some((name, prev)) if newer(&prev) => (name, prev),
+                Some((name, prev)) => (name, self.merge(prev, Some(user), now, &mut changes)),
+                None => (user.name.clone(), self.merge(UserRecord::default(), Some(user), now, &mut changes)),
+            };
+            next.insert(name, record);
         }
         for (name, prev) in old {
             let gone = prev.synced.is_some() && !newer(&prev);
@@ -168,8 +186,13 @@ impl Directory {
     pub(crate) fn update(&self, name: &str, user: Option<&SyncedUser>, now: Instant) -> Changes {
         let mut inner = self.write();
         let user = user.map(SyncedUser::normalized);
-        let key: Arc<str> = user.as_ref().map_or_else(|| Arc::from(name), |u| u.name.clone());
-        let prev = inner.users.remove(&key).unwrap_or_default();
+        let name = user.as_ref().map_or(name, |u| &*u.name);
+        let (key, prev) = match inner.users.remove_entry(name) {
+            Some(known) => known,
+            None => {
+                (user.as_ref().map_or_else(|| Arc::from(name), |u| u.name.clone()), UserRecord::default())
+            }
+        };
         let mut changes = Changes::default();
         let mut record = self.merge(prev, user, now, &mut changes);
         record.refreshed_at = Some(now);
@@ -191,6 +214,12 @@ impl Directory {
             _ => true,
         };
         if !changed {
+            // The strings already held (and shared by cached credentials) stay; the new list's
+            // copies go.
+            let next = match (prev.synced.as_ref(), next) {
+                (Some(p), Some(n)) => Some(SyncedUser { restrict_ip: n.restrict_ip, ..p.clone() }),
+                (_, next) => next,
+            };
             return UserRecord { synced: next, ..prev };
         }
         changes.marked = true;
@@ -290,6 +319,33 @@ mod tests {
         dir.replace(&[], t3, t3);
         assert!(dir.view("a@x", Some("ka"), t3 - Duration::from_secs(1)).revoked);
         assert_eq!(dir.synced_users(), 0);
+    }
+
+    #[test]
+    fn cached_credentials_share_the_synced_names_across_syncs() {
+        let dir = Directory::new(Duration::from_secs(600));
+        let t0 = Instant::now();
+        dir.replace(&[user("a@x", "KA", "m1", true)], t0, t0);
+        let (name, key) = dir.shared_names("a@x", Some("ka"));
+        let (name, key) = (name.unwrap(), key.unwrap());
+        assert_eq!((&*name, &*key), ("a@x", "ka"));
+        // Not the user's key, a bearer token, a user sync does not know: nothing to share.
+        assert_eq!(dir.shared_names("a@x", Some("kb")).1, None);
+        assert_eq!(dir.shared_names("a@x", None).1, None);
+        assert_eq!(dir.shared_names("b@x", Some("ka")), (None, None));
+        // An unchanged user in the next list keeps the strings already held (and shared).
+        let t1 = t0 + Duration::from_secs(1);
+        dir.replace(&[user("a@x", "KA", "m1", true)], t1, t1);
+        let (again, again_key) = dir.shared_names("a@x", Some("ka"));
+        assert!(Arc::ptr_eq(&name, &again.unwrap()) && Arc::ptr_eq(&key, &again_key.unwrap()));
+        dir.update("a@x", Some(&user("a@x", "KA", "m1", true)), t1);
+        assert!(Arc::ptr_eq(&name, &dir.shared_names("a@x", None).0.unwrap()));
+        // restrict_ip still follows the list (one fetched after that refresh).
+        let t2 = t1 + Duration::from_secs(1);
+        let mut moved = user("a@x", "KA", "m1", true);
+        moved.restrict_ip = Some("10.9.9.".into());
+        dir.replace(&[moved], t2, t2);
+        assert_eq!(dir.view("a@x", Some("ka"), t2).restrict_ip.as_deref(), Some("10.9.9."));
     }
 
     #[test]

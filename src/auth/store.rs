@@ -33,7 +33,7 @@ use crate::config::AuthConfig;
 
 /// A verified credential. `verified_at` is when its verification *started*, so a revocation
 /// that raced the call still kills it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     /// Lowercased api_key, or the bearer label.
     key: Arc<str>,
@@ -44,12 +44,19 @@ struct Entry {
     standing: Standing,
 }
 
-/// Where a verified credential's user policy (enabled, restrict_ip) comes from.
+/// Where a verified credential's user policy (enabled, restrict_ip) comes from. One word:
+/// the rare users sync cannot see are behind a pointer rather than widen every cached entry.
 #[derive(Debug, Clone)]
 enum Standing {
     /// An ordinary user: sync (the directory) reports its state.
     Synced,
-    /// A user sync cannot see, read with its own credentials when the credential was verified.
+    /// A user sync cannot see ([`HIDDEN_FROM_SYNC`]).
+    Hidden(Arc<Hidden>),
+}
+
+#[derive(Debug)]
+enum Hidden {
+    /// Read with its own credentials when the credential was verified.
     SelfRead { enabled: bool, restrict_ip: Option<Arc<str>> },
     /// Administrator while `auth.allow_administrator` is false: refused on every use, but
     /// cached like a valid credential so it costs Frappe no further call until it expires.
@@ -125,9 +132,10 @@ impl Clock {
 
 /// Verified and refused credentials, bounded by `auth.cache_capacity` each.
 pub struct CredentialStore {
-    positive: Cache<Arc<str>, Arc<Entry>>,
+    positive: Cache<Arc<str>, Entry>,
     negative: Cache<Digest, Refused>,
-    flights: Cache<(Digest, u64), Arc<Entry>>,
+    /// Verifications in progress only: a flight leaves as soon as it lands.
+    flights: flight::Flights,
     directory: Arc<Directory>,
     digester: Digester,
     verifier: Arc<dyn Verify>,
@@ -148,8 +156,6 @@ impl fmt::Debug for CredentialStore {
     }
 }
 
-/// How long a finished verification may linger for requests that joined it.
-const FLIGHT_LINGER: Duration = Duration::from_secs(5);
 /// Label length of a bearer token's digest (8 bytes, 16 hex digits).
 const BEARER_LABEL_BYTES: usize = 8;
 
@@ -172,10 +178,7 @@ impl CredentialStore {
                 .time_to_live(cfg.negative_ttl.max(Duration::from_millis(1)))
                 .support_invalidation_closures()
                 .build(),
-            flights: Cache::builder()
-                .max_capacity(cfg.cache_capacity.max(1024))
-                .time_to_live(FLIGHT_LINGER)
-                .build(),
+            flights: flight::Flights::default(),
             directory: Arc::new(Directory::new(keep)),
             digester: Digester::random(),
             verifier,
@@ -217,7 +220,7 @@ impl CredentialStore {
         let mut stale = None;
         if let Some(entry) = self.cached(&probe).await {
             match self.judge(&entry, now) {
-                Judgement::Fresh(view) => return admit(&entry, Outcome::Hit, view),
+                Judgement::Fresh(view) => return admit(entry, Outcome::Hit, view),
                 Judgement::Disabled => return Err(Rejection::Disabled),
                 Judgement::Expired(_) => stale = Some(entry),
                 Judgement::Dead => {}
@@ -233,14 +236,14 @@ impl CredentialStore {
         &self,
         probe: Probe<'_>,
         authorization: &HeaderValue,
-        stale: Option<Arc<Entry>>,
+        stale: Option<Entry>,
         now: Instant,
     ) -> Result<Admitted, Rejection> {
         if self.refused(&probe.digest, now).await {
             return Err(Rejection::NegativeHit);
         }
         match self.verify_once(&probe, authorization).await {
-            Ok(entry) => self.admit_verified(&entry),
+            Ok(entry) => self.admit_verified(entry),
             Err(FlightError::Negative) => Err(Rejection::NegativeHit),
             Err(FlightError::Rejected) => Err(Rejection::WrongCredentials),
             Err(FlightError::Unavailable(why)) => self.serve_stale(stale, Rejection::Unavailable(why)),
@@ -257,7 +260,7 @@ impl CredentialStore {
         let probe = self.probe(credential);
         let entry = self.cached(&probe).await?;
         match self.judge(&entry, self.clock.now()) {
-            Judgement::Fresh(view) => admit(&entry, Outcome::Hit, view).ok(),
+            Judgement::Fresh(view) => admit(entry, Outcome::Hit, view).ok(),
             _ => None,
         }
     }
@@ -310,7 +313,7 @@ impl CredentialStore {
     }
 
     /// The cached entry for the probe's key when its digest is equal (constant time).
-    async fn cached(&self, probe: &Probe<'_>) -> Option<Arc<Entry>> {
+    async fn cached(&self, probe: &Probe<'_>) -> Option<Entry> {
         self.positive.get(probe.key.as_ref()).await.filter(|e| e.digest.ct_eq(&probe.digest))
     }
 
@@ -339,7 +342,7 @@ impl CredentialStore {
             .is_some_and(|r| now.saturating_duration_since(r.at) < self.negative_ttl)
     }
 
-    fn admit_verified(&self, entry: &Entry) -> Result<Admitted, Rejection> {
+    fn admit_verified(&self, entry: Entry) -> Result<Admitted, Rejection> {
         let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at);
         if view.disabled {
             return Err(Rejection::Disabled);
@@ -349,14 +352,14 @@ impl CredentialStore {
 
     /// Frappe cannot be asked now (unreachable, or the budget is spent): an entry verified
     /// within `stale_if_error`, never revoked since, still admits; otherwise `refusal`.
-    fn serve_stale(&self, stale: Option<Arc<Entry>>, refusal: Rejection) -> Result<Admitted, Rejection> {
+    fn serve_stale(&self, stale: Option<Entry>, refusal: Rejection) -> Result<Admitted, Rejection> {
         let Some(entry) = stale else {
             return Err(refusal);
         };
         match self.judge(&entry, self.clock.now()) {
             Judgement::Fresh(view) | Judgement::Expired(view) => {
                 tracing::debug!(api_key = %entry.key, reason = %refusal.reason(), "cannot verify now: admitting a stale credential");
-                admit(&entry, Outcome::Stale, view)
+                admit(entry, Outcome::Stale, view)
             }
             Judgement::Disabled => Err(Rejection::Disabled),
             Judgement::Dead => Err(refusal),
@@ -366,16 +369,18 @@ impl CredentialStore {
 
 /// The verdict on a live entry: admitted with the restrict_ip that applies, or refused for
 /// what it was cached as (barred Administrator, disabled per its own record).
-fn admit(entry: &Entry, outcome: Outcome, view: View) -> Result<Admitted, Rejection> {
-    let restrict_ip = match &entry.standing {
+fn admit(entry: Entry, outcome: Outcome, view: View) -> Result<Admitted, Rejection> {
+    let restrict_ip = match entry.standing {
         Standing::Synced => view.restrict_ip,
-        Standing::Barred => return Err(Rejection::Administrator),
-        Standing::SelfRead { enabled: false, .. } => return Err(Rejection::Disabled),
-        // Sync's record wins if it has one (the sync user is Administrator itself); a change
-        // there bumps `modified`, which kills this entry anyway.
-        Standing::SelfRead { restrict_ip, .. } => view.restrict_ip.or_else(|| restrict_ip.clone()),
+        Standing::Hidden(hidden) => match &*hidden {
+            Hidden::Barred => return Err(Rejection::Administrator),
+            Hidden::SelfRead { enabled: false, .. } => return Err(Rejection::Disabled),
+            // Sync's record wins if it has one (the sync user is Administrator itself); a
+            // change there bumps `modified`, which kills this entry anyway.
+            Hidden::SelfRead { restrict_ip, .. } => view.restrict_ip.or_else(|| restrict_ip.clone()),
+        },
     };
-    Ok(Admitted { user: entry.user.clone(), api_key: entry.key.clone(), outcome, restrict_ip })
+    Ok(Admitted { user: entry.user, api_key: entry.key, outcome, restrict_ip })
 }
 
 mod changes;

@@ -1,21 +1,78 @@
 //! One verification against Frappe per unknown credential (single flight), its standing
 //! (sync's view or the user's own record), and what is remembered or refused afterwards.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use tokio::sync::OnceCell;
+
 use super::*;
+
+/// One verification's outcome, shared by every request that joined it.
+type Flight = OnceCell<Result<Entry, FlightError>>;
+type FlightKey = (Digest, u64);
+
+/// The verifications in progress, by credential digest and directory epoch. A flight is
+/// there only while it is in the air: the last request holding it takes it out (its result
+/// is in the caches by then), so nothing here grows with the number of cached credentials.
+#[derive(Default)]
+pub(super) struct Flights {
+    in_air: Mutex<HashMap<FlightKey, Arc<Flight>>>,
+}
+
+/// A request's hold on a flight. Clones of the flight's `Arc` are only made and dropped
+/// under the map's lock, so the count seen there is exact.
+struct Boarding<'a> {
+    flights: &'a Flights,
+    key: FlightKey,
+    flight: Option<Arc<Flight>>,
+}
+
+impl Flights {
+    fn board(&self, key: FlightKey) -> Boarding<'_> {
+        let flight = self.lock().entry(key).or_default().clone();
+        Boarding { flights: self, key, flight: Some(flight) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlightKey, Arc<Flight>>> {
+        self.in_air.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    pub(super) fn in_air(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Drop for Boarding<'_> {
+    /// A landed flight leaves the map at once: later requests find its result in the caches
+    /// (`fly` looks there first). One that never landed (every request holding it was
+    /// cancelled) leaves with its last passenger.
+    fn drop(&mut self) {
+        let mut in_air = self.flights.lock();
+        let Some(mine) = self.flight.take() else { return };
+        let leaves = in_air.get(&self.key).is_some_and(|current| Arc::ptr_eq(current, &mine))
+            && (mine.initialized() || Arc::strong_count(&mine) == 2);
+        if leaves {
+            in_air.remove(&self.key);
+        }
+        drop(mine);
+    }
+}
 
 impl CredentialStore {
     /// One Frappe call for all concurrent requests with the same credential. The epoch in
     /// the flight key keeps requests that arrive after a revocation from joining a call that
-    /// started before it.
+    /// started before it. If the request flying it is cancelled, a request that joined it
+    /// flies it instead.
     pub(super) async fn verify_once(
         &self,
         probe: &Probe<'_>,
         authorization: &HeaderValue,
-    ) -> Result<Arc<Entry>, FlightError> {
-        let flight = (probe.digest, self.directory.epoch());
-        let result = self.flights.try_get_with(flight, self.fly(probe, authorization)).await;
-        self.flights.invalidate(&flight).await;
-        result.map_err(|e| FlightError::clone(&e))
+    ) -> Result<Entry, FlightError> {
+        let boarding = self.flights.board((probe.digest, self.directory.epoch()));
+        let flight = boarding.flight.as_ref().expect("held until dropped");
+        flight.get_or_init(|| self.fly(probe, authorization)).await.clone()
     }
 
     /// The body of a flight. It looks at both caches again first: a request that missed
@@ -24,7 +81,7 @@ impl CredentialStore {
         &self,
         probe: &Probe<'_>,
         authorization: &HeaderValue,
-    ) -> Result<Arc<Entry>, FlightError> {
+    ) -> Result<Entry, FlightError> {
         let started = self.clock.now();
         if let Some(entry) = self.cached(probe).await {
             if matches!(self.judge(&entry, started), Judgement::Fresh(_) | Judgement::Disabled) {
@@ -67,10 +124,13 @@ impl CredentialStore {
         }
         if !self.allow_administrator {
             tracing::warn!(api_key = %probe.key, user, "credential refused: the Administrator account is not usable through the gateway (auth.allow_administrator = false)");
-            return Ok(Standing::Barred);
+            return Ok(Standing::Hidden(Arc::new(Hidden::Barred)));
         }
         match self.verifier.read_own_user(authorization, user).await {
-            Ok(record) => Ok(Standing::SelfRead { enabled: record.enabled, restrict_ip: record.restrict_ip }),
+            Ok(record) => {
+                let own = Hidden::SelfRead { enabled: record.enabled, restrict_ip: record.restrict_ip };
+                Ok(Standing::Hidden(Arc::new(own)))
+            }
             Err(VerifyError::Rejected) => {
                 self.refuse(probe).await;
                 Err(FlightError::Rejected)
@@ -85,15 +145,18 @@ impl CredentialStore {
         user: String,
         standing: Standing,
         started: Instant,
-    ) -> Arc<Entry> {
-        let entry = Arc::new(Entry {
-            key: Arc::from(probe.key.as_ref()),
-            user: Arc::from(user),
+    ) -> Entry {
+        // The names sync already holds are shared rather than copied into every entry.
+        let api_key = (!probe.bearer).then_some(probe.key.as_ref());
+        let (shared_user, shared_key) = self.directory.shared_names(&user, api_key);
+        let entry = Entry {
+            key: shared_key.unwrap_or_else(|| Arc::from(probe.key.as_ref())),
+            user: shared_user.unwrap_or_else(|| Arc::from(user)),
             digest: probe.digest,
             verified_at: started,
             bearer: probe.bearer,
             standing,
-        });
+        };
         tracing::debug!(api_key = %entry.key, user = %entry.user, "credential verified by Frappe");
         self.positive.insert(entry.key.clone(), entry.clone()).await;
         entry
