@@ -84,6 +84,19 @@ fn header(i: usize) -> HeaderValue {
     HeaderValue::from_str(&format!("token k{i:014}:s{i:014}")).unwrap()
 }
 
+/// Verifies every credential once (each a miss Frappe answers), then checks they are all cached:
+/// a second pass over a sample is all hits (and lets moka settle its bookkeeping).
+async fn verify_all(store: &CredentialStore, headers: &[HeaderValue]) {
+    for value in headers {
+        let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
+        assert_eq!(admitted.outcome, Outcome::MissVerified);
+    }
+    for value in headers.iter().step_by(97) {
+        let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
+        assert_eq!(admitted.outcome, Outcome::Hit);
+    }
+}
+
 async fn idle_gateway_rss_kib() -> u64 {
     let certs = Certs::generate();
     let log = tempfile::tempdir().unwrap();
@@ -125,15 +138,7 @@ async fn idle_rss_and_a_hundred_thousand_credentials() {
     store.authenticate(&parse(Some(&header(CREDENTIALS))).unwrap(), &header(CREDENTIALS)).await.unwrap();
     let rss_before = rss_kib(std::process::id()).unwrap();
     let (bytes_before, allocs_before) = heap();
-    for value in &headers {
-        let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
-        assert_eq!(admitted.outcome, Outcome::MissVerified);
-    }
-    // Every one is cached: a second pass is all hits (and lets moka settle its bookkeeping).
-    for value in headers.iter().step_by(97) {
-        let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
-        assert_eq!(admitted.outcome, Outcome::Hit);
-    }
+    verify_all(&store, &headers).await;
     let (bytes_after, allocs_after) = heap();
     let rss_after = rss_kib(std::process::id()).unwrap();
     let heap_growth = (bytes_after - bytes_before) as f64;
@@ -167,14 +172,7 @@ async fn idle_rss_and_a_hundred_thousand_credentials() {
     store.apply_sync(&users);
     drop(users);
     let (bytes_synced, _) = heap();
-    for value in &headers {
-        let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
-        assert_eq!(admitted.outcome, Outcome::MissVerified);
-    }
-    for value in headers.iter().step_by(97) {
-        let admitted = store.authenticate(&parse(Some(value)).unwrap(), value).await.unwrap();
-        assert_eq!(admitted.outcome, Outcome::Hit);
-    }
+    verify_all(&store, &headers).await;
     let (bytes_after, _) = heap();
     // The next sync, nothing changed: the strings already held stay, the new list's go.
     store.apply_sync(&(0..CREDENTIALS).map(synced_user).collect::<Vec<_>>());

@@ -27,14 +27,20 @@ struct Setup {
     redis: ::redis::aio::MultiplexedConnection,
 }
 
+/// A gateway config in front of `frappe` with TLS and the Redis backend (its URL in
+/// `FGW_TEST_REDIS`).
+fn redis_config(frappe: &FakeFrappe, certs: &Certs) -> ConfigBuilder {
+    ConfigBuilder::new(&frappe.url())
+        .tls(certs)
+        .set("rate_limit", "backend = \"redis\"")
+        .set("rate_limit", "redis_url_env = \"FGW_TEST_REDIS\"")
+}
+
 async fn setup(redis: &Redis, limits: &[&str]) -> Setup {
     let frappe = FakeFrappe::start().await;
     frappe.add_user(USER, KEY, SECRET);
     let certs = Certs::generate();
-    let mut builder = ConfigBuilder::new(&frappe.url())
-        .tls(&certs)
-        .set("rate_limit", "backend = \"redis\"")
-        .set("rate_limit", "redis_url_env = \"FGW_TEST_REDIS\"");
+    let mut builder = redis_config(&frappe, &certs);
     for line in limits {
         builder = builder.set("rate_limit", line);
     }
@@ -185,10 +191,7 @@ async fn a_body_that_changes_the_route_is_charged_to_that_routes_key_limit() {
     let frappe = FakeFrappe::start().await;
     frappe.add_user(USER, KEY, SECRET);
     let certs = Certs::generate();
-    let config = ConfigBuilder::new(&frappe.url())
-        .tls(&certs)
-        .set("rate_limit", "backend = \"redis\"")
-        .set("rate_limit", "redis_url_env = \"FGW_TEST_REDIS\"")
+    let config = redis_config(&frappe, &certs)
         .set("rate_limit", "per_key = \"100/min\"")
         .extra("[[route]]\npath = \"/api/method/frappe.client.get_list\"\nauth = \"token\"\nper_key = \"2/min\"\n")
         .build();
@@ -235,11 +238,8 @@ async fn each_worker_calls_redis_on_its_own_connection() {
     let frappe = FakeFrappe::start().await;
     frappe.add_user(USER, KEY, SECRET);
     let certs = Certs::generate();
-    let config = ConfigBuilder::new(&frappe.url())
-        .tls(&certs)
+    let config = redis_config(&frappe, &certs)
         .set("server", "workers = 2")
-        .set("rate_limit", "backend = \"redis\"")
-        .set("rate_limit", "redis_url_env = \"FGW_TEST_REDIS\"")
         .set("rate_limit", "per_key = \"100000/min\"")
         .build();
     let url = redis.url();
