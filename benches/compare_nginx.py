@@ -249,6 +249,16 @@ level = "warn"
         wait_port(port, name)
         return port, (lambda: [p.pid])
 
+    def floor(self, backend_port):
+        """examples/floor_proxy: the gateway's stack (tokio, rustls, hyper) proxying, nothing else."""
+        port = free_port()
+        c = os.path.join(self.work, "certs")
+        argv = [self.args.floor_bin, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}",
+                f"{c}/gateway.crt", f"{c}/gateway.key", "2"]
+        p = self.spawn(argv, "floor.log")
+        wait_port(port, "floor")
+        return port, (lambda: [p.pid])
+
     def start(self):
         a = self.args
         subprocess.run(
@@ -321,6 +331,9 @@ level = "warn"
             self.targets["nginx-auth"] = self.https(n2, self.nginx("nginx-auth", block, backend))
             port, pids = self.gateway("gateway", backend)
             self.targets["gateway"] = self.https(port, pids)
+            if a.floor:
+                port, pids = self.floor(backend)
+                self.targets["floor"] = self.https(port, pids)
             if a.baseline_bin:
                 port, pids = self.gateway("gateway-base", backend, binary=a.baseline_bin)
                 self.targets["gateway-base"] = self.https(port, pids)
@@ -515,6 +528,9 @@ def main():
     ap.add_argument("--gateway-bin", default=os.path.join(ROOT, "target/release/frappe-gateway"))
     ap.add_argument("--baseline-bin", help="a second gateway binary (e.g. an earlier commit's) measured in the "
                     "same rounds: A/B ratios gateway / gateway-base")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run examples/floor_proxy: the gateway's stack proxying with no policy")
+    ap.add_argument("--floor-bin", default=os.path.join(ROOT, "target/release/examples/floor_proxy"))
     ap.add_argument("--backend-bin", default=os.path.join(ROOT, "target/release/examples/bench_backend"))
     args = ap.parse_args()
     if args.quick:
@@ -604,6 +620,12 @@ def report_ratios(lineup, rounds, runnable, args):
             ("throughput gateway / nginx-auth", ratio(rounds, "gateway", "nginx-auth", "rps"), "{:.2f}"),
             ("CPU µs/req gateway / nginx-tls", ratio(rounds, "gateway", "nginx-tls", "cpu_us"), "{:.2f}"),
         ]
+        if args.floor:
+            pairs += [
+                ("CPU µs/req floor / nginx-tls", ratio(rounds, "floor", "nginx-tls", "cpu_us"), "{:.2f}"),
+                ("CPU µs/req gateway / floor", ratio(rounds, "gateway", "floor", "cpu_us"), "{:.2f}"),
+                ("throughput floor / nginx-tls", ratio(rounds, "floor", "nginx-tls", "rps"), "{:.2f}"),
+            ]
         if args.baseline_bin:
             pairs += [
                 ("throughput gateway / gateway-base", ratio(rounds, "gateway", "gateway-base", "rps"), "{:.2f}"),

@@ -28,5 +28,5 @@ if ((${#need[@]})); then
     exit 1
   fi
 fi
-cargo build --release --quiet --bin frappe-gateway --example bench_backend
+cargo build --release --quiet --bin frappe-gateway --example bench_backend --example floor_proxy
 exec python3 benches/compare_nginx.py "$@"
