@@ -66,18 +66,9 @@ pub(crate) fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
     let upgrade = is_upgrade(req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
     let original_host = original_host(req);
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    for name in SPOOFABLE {
-        headers.remove(name);
-    }
-    headers.remove("forwarded");
-    if !info.authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
+    strip_request_headers(headers, info.authorization, info.cookies);
     if info.cookies {
         join_cookies(headers);
-    } else {
-        headers.remove(header::COOKIE);
     }
     if let Some((name, user)) = info.user {
         match HeaderValue::from_str(user) {
@@ -107,8 +98,52 @@ pub(crate) fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
 /// says `Connection: close`, which must not close the client's connection). The pipeline's
 /// exit sets the request id on every response, this one included.
 pub(crate) fn prepare_response<B>(resp: &mut Response<B>) {
-    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        strip_hop_by_hop(resp.headers_mut());
+    let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    let hop_by_hop = |n: &HeaderName| HOP_BY_HOP.contains(n) || *n == header::UPGRADE;
+    if !upgraded && headers.keys().any(hop_by_hop) {
+        strip_hop_by_hop(headers);
+    }
+}
+
+/// Removes the hop-by-hop and spoofable headers, `Forwarded`, and Authorization / cookies
+/// unless kept. One pass over the (few) headers the client sent finds what to remove: a
+/// typical request carries one or two of them, and removing every candidate by name would
+/// hash ~20 names per request.
+fn strip_request_headers(headers: &mut HeaderMap, keep_authorization: bool, keep_cookies: bool) {
+    let stripped = |name: &HeaderName| match *name {
+        header::AUTHORIZATION => !keep_authorization,
+        header::COOKIE => !keep_cookies,
+        header::FORWARDED => true,
+        _ => HOP_BY_HOP.contains(name) || *name == header::UPGRADE || SPOOFABLE.contains(&name.as_str()),
+    };
+    let mut found = [const { None::<HeaderName> }; 4];
+    let mut count = 0;
+    for name in headers.keys().filter(|n| stripped(n)) {
+        if count == found.len() || *name == header::CONNECTION {
+            // Many, or a Connection header naming others: the general path.
+            count = usize::MAX;
+            break;
+        }
+        found[count] = Some(name.clone());
+        count += 1;
+    }
+    if count != usize::MAX {
+        for name in found.iter().flatten() {
+            headers.remove(name);
+        }
+        return;
+    }
+    strip_hop_by_hop(headers);
+    for name in SPOOFABLE {
+        headers.remove(name);
+    }
+    headers.remove(header::FORWARDED);
+    if !keep_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if !keep_cookies {
+        headers.remove(header::COOKIE);
     }
 }
 
@@ -274,6 +309,46 @@ mod tests {
         assert_eq!(req.headers().get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
         assert!(!req.headers().contains_key("authorization"));
         assert_eq!(req.uri(), "http://127.0.0.1:7000/y?z=1");
+    }
+
+    /// Without a Connection header a request takes the one-pass path; with more stripped
+    /// headers than it holds, the general one. Both leave the same request.
+    #[test]
+    fn few_or_many_stripped_headers_leave_the_same_request() {
+        let base: Uri = "http://127.0.0.1:8000".parse().unwrap();
+        let host = HeaderValue::from_static("erp");
+        let rid = RequestId::inherited(&HeaderValue::from_static("rid")).unwrap();
+        let mut forward = info(&base, &host, &rid, None);
+        forward.authorization = false;
+        forward.cookies = false;
+        let few = ["authorization", "x-real-ip", "cookie"];
+        let many = ["authorization", "x-real-ip", "cookie", "forwarded", "te", "remote-addr", "upgrade"];
+        for stripped in [&few[..], &many[..]] {
+            let mut builder = Request::builder().uri("/api/resource/ToDo").header("accept", "*/*");
+            for name in stripped {
+                builder = builder.header(*name, "1");
+            }
+            let mut req = builder.body(()).unwrap();
+            prepare(&mut req, &forward);
+            for name in stripped {
+                assert!(!req.headers().contains_key(*name), "{name} should be stripped");
+            }
+            assert_eq!(req.headers()["accept"], "*/*");
+            assert_eq!(req.headers()["x-forwarded-for"], "203.0.113.9");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_removed() {
+        let mut resp = Response::builder()
+            .header("connection", "close, x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        prepare_response(&mut resp);
+        assert_eq!(resp.headers().keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["content-type"]);
     }
 
     #[test]
