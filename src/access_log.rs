@@ -6,7 +6,6 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
@@ -16,16 +15,13 @@ use serde::Serialize;
 
 use crate::config::AccessLogTarget;
 use crate::outcome::{AuthOutcome, Decision};
+use crate::shard::{self, Padded, SHARDS};
 
 /// Bytes a shard holds for the writer before further lines are dropped (and counted) rather
 /// than stalling requests: about 3,000 lines each, 0.3 s of a worker at 10,000 requests/s;
 /// the writer takes them every 20 ms. Nothing is allocated up front: a shard grows to what
 /// one interval's lines need and keeps that buffer.
 const SHARD_BYTES: usize = 2 * 1024 * 1024;
-/// Shards of pending lines: a thread takes one by the order it first logged, so each proxy
-/// worker (one thread per core) appends to its own and no two workers share a lock or a
-/// cache line on the request path.
-const SHARDS: usize = 8;
 /// How often the writer wakes to write what queued up. Waking per line would cost a thread
 /// wake-up (futex + context switch) per request; this bounds how stale the file can be.
 const WRITE_INTERVAL: Duration = Duration::from_millis(20);
@@ -95,15 +91,10 @@ pub(crate) struct AccessLog {
 /// one each interval, all at once, so a line is never written before one that was complete
 /// when it was appended.
 struct Pending {
-    shards: [Shard; SHARDS],
+    shards: [Padded<Mutex<Vec<u8>>>; SHARDS],
     /// Set once the writer has stopped: later lines are dropped.
     stopped: AtomicBool,
 }
-
-/// One shard on a cache line of its own.
-#[repr(align(128))]
-#[derive(Default)]
-struct Shard(Mutex<Vec<u8>>);
 
 impl Pending {
     fn new() -> Self {
@@ -112,11 +103,7 @@ impl Pending {
 
     /// The calling thread's shard.
     fn shard(&self) -> MutexGuard<'_, Vec<u8>> {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-        }
-        lock(&self.shards[SHARD.with(|s| *s)].0)
+        lock(&self.shards[shard::this_thread()].0)
     }
 
     /// Swaps every shard's lines for the (empty) buffers in `spares`, under all the locks at once.

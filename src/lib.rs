@@ -28,6 +28,7 @@ mod request_log;
 mod routes;
 mod runtime;
 mod server;
+mod shard;
 mod signals;
 mod state;
 mod status;

@@ -7,6 +7,7 @@
 //! user name, an api_key or a raw path: routes are the configured prefixes, a bounded set.
 
 mod families;
+mod histogram;
 mod process;
 
 use std::collections::HashMap;
@@ -22,11 +23,12 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
 pub(crate) use self::families::{counter_f64, gauge, unix_seconds};
 use self::families::{labelled, RouteCounters, ScrapedCollector};
+use self::histogram::ShardedHistogram;
 pub(crate) use self::process::ProcessStats;
 use crate::outcome::{
     AuthOutcome, Decision, Limiter, MethodClass, ReloadResult, TlsFailure, UpstreamError, WebhookOutcome,
@@ -48,9 +50,9 @@ pub(crate) struct Metrics {
     auth: Vec<Counter>,
     /// Indexed by `Limiter as usize`.
     limited: Vec<Counter>,
-    latency: Histogram,
+    latency: ShardedHistogram,
     routes: RouteCounters,
-    upstream_latency: Histogram,
+    upstream_latency: ShardedHistogram,
     /// Indexed by `UpstreamError as usize`.
     upstream_errors: Vec<Counter>,
     /// Upstream responses and their summed time to head (µs), for the status page's average.
@@ -131,7 +133,7 @@ impl Metrics {
             "limiter",
             Limiter::ALL,
         );
-        let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let latency = ShardedHistogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register(
             "request_duration_seconds",
             "Time from request to end of response",
@@ -143,7 +145,7 @@ impl Metrics {
             "Requests by configured route prefix and method class (read, write, other)",
             routes.family.clone(),
         );
-        let upstream_latency = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let upstream_latency = ShardedHistogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "upstream_request_duration_seconds",
             "Time from sending a request upstream to its response head, for answered requests",
@@ -222,7 +224,7 @@ impl Metrics {
     pub(crate) fn record_request(&self, decision: Decision, status: u16, latency: Duration) {
         let s = usize::from(status / 100).clamp(1, 5) - 1;
         self.requests[decision as usize * STATUS_CLASSES.len() + s].inc();
-        self.latency.observe(latency.as_secs_f64());
+        self.latency.observe(latency);
     }
 
     /// Counts one finished request under its route (`None`: refused before routing).
@@ -250,7 +252,7 @@ impl Metrics {
 
     /// One upstream response head after `elapsed`.
     pub(crate) fn record_upstream(&self, elapsed: Duration) {
-        self.upstream_latency.observe(elapsed.as_secs_f64());
+        self.upstream_latency.observe(elapsed);
         self.upstream_responses.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.upstream_micros.fetch_add(micros, Ordering::Relaxed);

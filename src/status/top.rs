@@ -4,11 +4,13 @@
 //! so figures are exact while fewer keys than that are active, and over-estimate a newcomer's
 //! share otherwise (never under-estimate a heavy hitter's).
 //!
-//! Fed once per authenticated request (one short lock, a scan of at most `CAPACITY` slots),
-//! rotated by the status page's ticker.
+//! Fed once per authenticated request (one short lock of the worker's own shard, a scan of at
+//! most `CAPACITY` slots), rotated by the status page's ticker; the shards are summed when read.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::shard::{self, Padded, SHARDS};
 
 /// Keys tracked per window.
 pub(crate) const CAPACITY: usize = 32;
@@ -18,7 +20,8 @@ pub(crate) const WINDOWS: usize = 5;
 /// See the module docs.
 #[derive(Default)]
 pub(crate) struct TopKeys {
-    windows: Mutex<Windows>,
+    /// One set of windows per thread slot: proxy workers never share the lock.
+    shards: [Padded<Mutex<Windows>>; SHARDS],
 }
 
 #[derive(Default)]
@@ -73,22 +76,24 @@ impl SpaceSaving {
 impl TopKeys {
     /// Counts one request of `key` (as the access log shows it) by `user`.
     pub(crate) fn record(&self, user: &Arc<str>, key: &Arc<str>) {
-        self.lock().current.add(key, user);
+        self.lock(shard::this_thread()).current.add(key, user);
     }
 
     /// Starts a new window, forgetting the oldest beyond [`WINDOWS`].
     pub(crate) fn rotate(&self) {
-        let mut w = self.lock();
-        let done = std::mem::take(&mut w.current);
-        w.past.push_front(done);
-        w.past.truncate(WINDOWS - 1);
+        for i in 0..SHARDS {
+            let mut w = self.lock(i);
+            let done = std::mem::take(&mut w.current);
+            w.past.push_front(done);
+            w.past.truncate(WINDOWS - 1);
+        }
     }
 
     /// The `n` busiest keys and users over the kept windows, busiest first (ties by name).
     pub(crate) fn top(&self, n: usize) -> (Vec<KeyCount>, Vec<UserCount>) {
         let mut keys: HashMap<Arc<str>, KeyCount> = HashMap::new();
-        {
-            let w = self.lock();
+        for i in 0..SHARDS {
+            let w = self.lock(i);
             for slot in std::iter::once(&w.current).chain(w.past.iter()).flat_map(|s| s.slots.iter()) {
                 let entry = keys.entry(slot.key.clone()).or_insert_with(|| KeyCount {
                     key: slot.key.clone(),
@@ -112,8 +117,8 @@ impl TopKeys {
         (keys, users)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
-        self.windows.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Windows> {
+        self.shards[shard].0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -151,10 +156,27 @@ mod tests {
             }
             top.record(&a("noise"), &a(&format!("k{i}")));
         }
-        assert_eq!(top.lock().current.slots.len(), CAPACITY);
+        assert_eq!(top.lock(shard::this_thread()).current.slots.len(), CAPACITY);
         let (keys, _) = top.top(1);
         assert_eq!(&*keys[0].key, "hot");
         assert!(keys[0].requests >= 2500, "{keys:?}");
+    }
+
+    #[test]
+    fn workers_count_in_their_own_shards_and_are_read_together() {
+        let top = Arc::new(TopKeys::default());
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let top = top.clone();
+                std::thread::spawn(move || (0..10).for_each(|_| top.record(&a("alice"), &a("k1"))))
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
+        let (keys, users) = top.top(5);
+        assert_eq!((&*keys[0].key, keys[0].requests, keys.len()), ("k1", 30, 1));
+        assert_eq!(users[0].requests, 30);
+        top.rotate();
+        assert_eq!(top.top(5).0[0].requests, 30, "rotated windows still count");
     }
 
     #[test]
