@@ -173,10 +173,10 @@ impl FailedAuthTracker {
     async fn set_shared(&self, ip: IpAddr) -> Option<bool> {
         let link = self.link()?;
         let ms = u64::try_from(self.lockout.as_millis()).unwrap_or(u64::MAX).max(1);
-        let key = lock_key(ip);
+        let key = &lock_key(ip);
         link.run(false, |mut conn| async move {
             let reply: Option<String> = ::redis::cmd("SET")
-                .arg(&key)
+                .arg(key)
                 .arg(1)
                 .arg("NX")
                 .arg("PX")
@@ -191,9 +191,9 @@ impl FailedAuthTracker {
     /// Milliseconds left on a lock in Redis, if any.
     async fn shared_ttl(&self, ip: IpAddr) -> Option<u64> {
         let link = self.link()?;
-        let key = lock_key(ip);
+        let key = &lock_key(ip);
         let pttl: i64 = link
-            .run(false, |mut conn| async move { ::redis::cmd("PTTL").arg(&key).query_async(&mut conn).await })
+            .run(false, |mut conn| async move { ::redis::cmd("PTTL").arg(key).query_async(&mut conn).await })
             .await?;
         match pttl {
             // -2: no key. -1: a key without expiry (set by hand): honour it for one lockout.

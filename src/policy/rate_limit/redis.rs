@@ -161,7 +161,7 @@ impl RedisLink {
     /// as a revocation publish).
     pub(crate) async fn run<T, F, Fut>(self: &Arc<Self>, always: bool, op: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if !always && !self.may_try() {
@@ -178,7 +178,19 @@ impl RedisLink {
                 }
             },
         };
-        match tokio::time::timeout(self.timeout, op(conn)).await {
+        let started = tokio::time::Instant::now();
+        let outcome = match tokio::time::timeout(self.timeout, op(conn.clone())).await {
+            // A connection that died while Redis was away (a worker's own is not used again
+            // until a request on that worker comes): the manager reconnects on this error,
+            // so one more try, within what is left of the timeout, tells an outage from a
+            // stale connection.
+            Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
+                let left = self.timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, op(conn)).await
+            }
+            first => first,
+        };
+        match outcome {
             Ok(Ok(value)) => {
                 self.succeeded();
                 Some(value)
@@ -350,13 +362,13 @@ impl RedisLimiter {
     pub async fn check(&self, scope: &str, subject: Subject<'_>, rate: &Rate) -> Decision {
         let subject = subject.canonical();
         let gcra = Gcra::new(rate, Duration::from_micros(1));
-        let key = bucket_key(scope, subject);
+        let key = &bucket_key(scope, subject);
         let script = &self.script;
         let reply = self
             .link
             .run(false, |mut conn| async move {
                 script
-                    .key(&key)
+                    .key(key)
                     .arg(gcra.interval())
                     .arg(gcra.burst())
                     .invoke_async::<(i64, i64, i64, i64)>(&mut conn)

@@ -45,10 +45,10 @@ impl RevocationBus {
     /// Tells the other instances to drop `user`. Tries even while Redis is degraded (a
     /// revocation is rare and worth one timeout); returns false when Redis did not take it.
     pub async fn publish(&self, user: &str) -> bool {
-        let payload = format!("{} {user}", self.instance_id);
+        let payload = &format!("{} {user}", self.instance_id);
         self.link
             .run(true, |mut conn| async move {
-                ::redis::cmd("PUBLISH").arg(CHANNEL).arg(&payload).query_async::<i64>(&mut conn).await
+                ::redis::cmd("PUBLISH").arg(CHANNEL).arg(payload).query_async::<i64>(&mut conn).await
             })
             .await
             .is_some()
