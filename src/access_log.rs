@@ -108,7 +108,7 @@ impl Pending {
 
     /// Swaps every shard's lines for the (empty) buffers in `spares`, under all the locks at once.
     fn take_all(&self, spares: &mut [Vec<u8>; SHARDS]) {
-        let mut guards: Vec<_> = self.shards.iter().map(|s| lock(&s.0)).collect();
+        let mut guards = self.shards.each_ref().map(|s| lock(&s.0));
         for (guard, spare) in guards.iter_mut().zip(spares.iter_mut()) {
             std::mem::swap(&mut **guard, spare);
         }

@@ -22,7 +22,7 @@ struct Inner {
     shards: [Padded<Shard>; SHARDS],
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shard {
     /// Observations per bucket (not cumulative), `bounds.len() + 1` of them.
     buckets: Box<[AtomicU64]>,
@@ -33,10 +33,8 @@ impl ShardedHistogram {
     pub(crate) fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
         let bounds: Box<[f64]> = bounds.into_iter().collect();
         let shards = std::array::from_fn(|_| {
-            Padded(Shard {
-                buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-                ..Shard::default()
-            })
+            let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+            Padded(Shard { buckets, sum_nanos: AtomicU64::new(0) })
         });
         ShardedHistogram(Arc::new(Inner { bounds, shards }))
     }
