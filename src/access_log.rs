@@ -1,6 +1,8 @@
 //! One JSON line per request, written by a background thread so the request path never
 //! blocks on stdout or disk.
 
+mod line;
+
 use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
@@ -10,8 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, SystemTime};
-
-use serde::Serialize;
 
 use crate::config::AccessLogTarget;
 use crate::outcome::{AuthOutcome, Decision};
@@ -28,11 +28,11 @@ const WRITE_INTERVAL: Duration = Duration::from_millis(20);
 /// How often lost lines are reported in the application log.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
-/// Everything one access-log line says about a request. Never holds a secret.
-#[derive(Debug, Serialize)]
+/// Everything one access-log line says about a request ([`line::write`] writes it, in this
+/// order; absent fields are left out). Never holds a secret.
+#[derive(Debug)]
 pub(crate) struct AccessRecord<'a> {
-    #[serde(serialize_with = "display")]
-    pub time: humantime::Rfc3339Timestamp,
+    pub time: SystemTime,
     pub request_id: &'a str,
     /// The client as resolved through trusted proxies (`X-Forwarded-For`).
     pub client_ip: IpAddr,
@@ -40,41 +40,29 @@ pub(crate) struct AccessRecord<'a> {
     pub peer: IpAddr,
     pub method: &'a str,
     /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the client asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "header_text")]
     pub user_agent: Option<http::HeaderValue>,
     /// Path plus query *keys* only: query values can hold secrets (`sid`, `api_secret`).
     pub path: LoggablePath<'a>,
     pub protocol: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'static str>,
     pub status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
     /// The backend the request went to (`host:port` of its route's upstream).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Arc<str>>,
-    /// Time from sending upstream to the upstream's response head.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_ms: Option<f64>,
-    pub latency_ms: f64,
+    /// Time from sending upstream to the upstream's response head (`upstream_ms`).
+    pub upstream_time: Option<Duration>,
+    /// `latency_ms`.
+    pub latency: Duration,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<KeyLabel<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthOutcome>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub doctype: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rpc: Option<String>,
     pub decision: Decision,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Cow<'static, str>>,
 }
 
@@ -212,11 +200,7 @@ impl AccessLog {
             self.dropped.add(1, &"the writer fell behind (queue full)");
             return;
         }
-        let start = lines.len();
-        if serde_json::to_writer(&mut *lines, record).is_err() {
-            lines.truncate(start);
-            return;
-        }
+        line::write(&mut lines, record);
         lines.push(b'\n');
     }
 
@@ -293,36 +277,6 @@ fn reopen(out: &mut BufWriter<Box<dyn Write + Send>>, path: Option<&Path>) {
     }
 }
 
-/// A header value as text; bytes that are not visible ASCII become `?` (never a raw byte).
-fn header_text<S: serde::Serializer>(
-    value: &Option<http::HeaderValue>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match value.as_ref().map(|v| v.to_str()) {
-        Some(Ok(text)) => serializer.serialize_str(text),
-        Some(Err(_)) => {
-            let lossy: String = value
-                .iter()
-                .flat_map(|v| v.as_bytes())
-                .map(|b| if b.is_ascii_graphic() || *b == b' ' { *b as char } else { '?' })
-                .collect();
-            serializer.serialize_str(&lossy)
-        }
-        None => serializer.serialize_none(),
-    }
-}
-
-/// RFC 3339 UTC time with milliseconds.
-/// Milliseconds, UTC (`2026-12-02T10:00:00.123Z`).
-pub(crate) fn timestamp(t: SystemTime) -> humantime::Rfc3339Timestamp {
-    humantime::format_rfc3339_millis(t)
-}
-
-/// Writes a field by its `Display`, straight into the line: no string in between.
-fn display<T: std::fmt::Display, S: serde::Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(value)
-}
-
 /// How an api_key is shown in the log and on the status page: whole (`log.full_api_key`), or
 /// `0a1b2c…#5f3c9e21` — the first 6 characters and a SHA-256 fingerprint, enough to tell keys
 /// apart, not enough to use one. Written straight into the line, computed only there.
@@ -344,34 +298,28 @@ impl std::fmt::Display for KeyLabel<'_> {
     }
 }
 
-impl Serialize for KeyLabel<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
 /// `path?key1&key2`: the query's keys survive for debugging, its values never reach the log
 /// (`-` for a request without a path).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LoggablePath<'a>(pub Option<&'a http::Uri>);
 
+impl LoggablePath<'_> {
+    /// The keys of the query's `key=value` pairs, in order.
+    fn query_keys(uri: &http::Uri) -> impl Iterator<Item = &str> {
+        let pairs = uri.query().unwrap_or_default().split('&').filter(|p| !p.is_empty());
+        pairs.map(|pair| pair.split('=').next().unwrap_or_default())
+    }
+}
+
 impl std::fmt::Display for LoggablePath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Some(uri) = self.0 else { return f.write_str("-") };
         f.write_str(uri.path())?;
-        if let Some(query) = uri.query() {
-            for (i, pair) in query.split('&').filter(|p| !p.is_empty()).enumerate() {
-                f.write_str(if i == 0 { "?" } else { "&" })?;
-                f.write_str(pair.split('=').next().unwrap_or_default())?;
-            }
+        for (i, key) in Self::query_keys(uri).enumerate() {
+            f.write_str(if i == 0 { "?" } else { "&" })?;
+            f.write_str(key)?;
         }
         Ok(())
-    }
-}
-
-impl Serialize for LoggablePath<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use http::{Method, Uri, Version};
 
-use crate::access_log::{timestamp, AccessLog, AccessRecord, KeyLabel, LoggablePath};
+use crate::access_log::{AccessLog, AccessRecord, KeyLabel, LoggablePath};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::outcome::{AuthOutcome, Decision, Limiter, MethodClass};
@@ -160,7 +160,7 @@ impl RequestLog {
             self.metrics.top_keys.record(user, key);
         }
         let record = AccessRecord {
-            time: timestamp(self.wall),
+            time: self.wall,
             request_id: self.request_id.as_str(),
             client_ip: self.client_ip,
             peer: self.peer,
@@ -177,8 +177,8 @@ impl RequestLog {
             status: self.status,
             upstream_status: self.upstream_status,
             upstream: self.upstream.take(),
-            upstream_ms: self.upstream_time.map(|t| (t.as_micros() as f64) / 1000.0),
-            latency_ms: (latency.as_micros() as f64) / 1000.0,
+            upstream_time: self.upstream_time,
+            latency,
             bytes_in: self.body_stats.as_ref().map_or(0, |s| s.bytes.load(Ordering::Relaxed)),
             bytes_out: self.bytes_out,
             route: self.route.take(),
