@@ -1,15 +1,15 @@
-//! An I/O stream that remembers when bytes last moved, for the proxy listener's idle timeout.
+//! An I/O stream that counts when bytes move, for the proxy listener's idle timeout.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pin_project_lite::pin_project! {
-    /// An I/O stream that remembers when bytes last moved, for the idle timeout.
+    /// An I/O stream that counts when bytes move, for the idle timeout.
     pub(crate) struct ActivityIo<I> {
         #[pin]
         inner: I,
@@ -17,33 +17,45 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// Milliseconds since the connection started at which bytes last moved.
+/// How many reads and writes moved bytes. A count, not a time: reading the clock on every
+/// read and write of a busy connection costs more than the idle check needs.
 pub(crate) struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
+    moves: AtomicU64,
 }
+
+/// The idle check looks at the count this many times per `idle_timeout`.
+const CHECKS_PER_LIMIT: u32 = 4;
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // One writer (the connection's I/O): a plain store, no read-modify-write.
+        self.moves.store(self.moves.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
-    /// Resolves once no byte has moved for `limit`.
+    /// Resolves once no byte has moved for `limit`: between `limit` and 1.25 × `limit` after
+    /// the last one, never before.
     pub(crate) async fn idle_for(&self, limit: Duration) {
+        // At least a millisecond: a zero limit must not spin.
+        let step = (limit / CHECKS_PER_LIMIT).max(Duration::from_millis(1));
+        let mut seen = self.moves.load(Ordering::Relaxed);
+        let mut quiet_checks = 0;
         loop {
-            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let idle = self.started.elapsed().saturating_sub(last);
-            if idle >= limit {
+            tokio::time::sleep(step).await;
+            let now = self.moves.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, quiet_checks) = (now, 0);
+            } else if quiet_checks + 1 == CHECKS_PER_LIMIT {
                 return;
+            } else {
+                quiet_checks += 1;
             }
-            tokio::time::sleep(limit - idle).await;
         }
     }
 }
 
 impl<I> ActivityIo<I> {
     pub(crate) fn new(inner: I) -> (Self, Arc<Activity>) {
-        let activity = Arc::new(Activity { started: Instant::now(), last_ms: AtomicU64::new(0) });
+        let activity = Arc::new(Activity { moves: AtomicU64::new(0) });
         (ActivityIo { inner, activity: activity.clone() }, activity)
     }
 }
@@ -97,5 +109,33 @@ impl<I: AsyncWrite> AsyncWrite for ActivityIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Never before `limit` of quiet, at most a quarter of it late; moving bytes restart it.
+    #[tokio::test(start_paused = true)]
+    async fn idle_resolves_between_the_limit_and_a_quarter_past_it() {
+        let limit = Duration::from_secs(8);
+        let activity = Arc::new(Activity { moves: AtomicU64::new(0) });
+        let started = tokio::time::Instant::now();
+        let touches = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    activity.touch();
+                }
+            })
+        };
+        activity.idle_for(limit).await;
+        let last_touch = Duration::from_millis(12_500);
+        let closed = started.elapsed();
+        assert!(closed >= last_touch + limit, "closed {closed:?} after start, last byte at {last_touch:?}");
+        assert!(closed <= last_touch + limit + limit / 4, "closed {closed:?} after start");
+        touches.await.unwrap();
     }
 }

@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::activity_io::ActivityIo;
@@ -247,7 +247,7 @@ impl Drop for OpenConnection<'_> {
 
 /// Serves one connection until it closes, it has been silent for `idle_timeout`, or
 /// shutdown begins; the last two close it gracefully (in-flight requests finish first).
-async fn serve_io<I>(io: I, info: Arc<ConnInfo>, listener: &ProxyListener, mut shutdown: ShutdownSignal)
+async fn serve_io<I>(io: I, info: Arc<ConnInfo>, listener: &ProxyListener, shutdown: ShutdownSignal)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -263,17 +263,40 @@ where
     };
     let conn = listener.http.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    // The reasons to close run in a task of their own, which says when: polled here, beside
+    // the connection, they would be polled (timers, the shutdown watch) on every wake-up of a
+    // busy connection; a oneshot receiver is one atomic load.
+    let (close, mut closing) = oneshot::channel();
+    let (header_read_timeout, idle_timeout) = (listener.header_read_timeout, listener.idle_timeout);
+    let watcher = AbortOnDrop(tokio::spawn(async move {
+        let mut shutdown = shutdown;
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = activity.idle_for(idle_timeout) => {}
+            // hyper's header timer starts only once it knows the protocol: a client that
+            // connects and says nothing must not hold a connection slot for idle_timeout.
+            _ = first_request_overdue(&served, header_read_timeout) => {}
+        }
+        let _ = close.send(());
+    }));
     tokio::select! {
+        biased;
         result = conn.as_mut() => return log_connection_end(state, &info, result),
-        _ = shutdown.changed() => {}
-        _ = activity.idle_for(listener.idle_timeout) => {}
-        // hyper's header timer starts only once it knows the protocol: a client that
-        // connects and says nothing must not hold a connection slot for idle_timeout.
-        _ = first_request_overdue(&served, listener.header_read_timeout) => {}
+        _ = &mut closing => {}
     }
+    drop(watcher);
     conn.as_mut().graceful_shutdown();
     let result = conn.await;
     log_connection_end(state, &info, result);
+}
+
+/// Aborts the task when dropped (the connection it watches has ended).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves when no request has arrived `limit` after the connection started.
