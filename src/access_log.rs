@@ -39,8 +39,8 @@ pub(crate) struct AccessRecord<'a> {
     /// The address the connection came from (a trusted proxy, or the client itself).
     pub peer: IpAddr,
     pub method: &'a str,
-    /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the client asked for.
-    pub host: Option<&'a str>,
+    /// The `Host` (HTTP/1.1) or `:authority` (HTTP/2) the client asked for, as sent.
+    pub host: Option<&'a [u8]>,
     pub user_agent: Option<http::HeaderValue>,
     /// Path plus query *keys* only: query values can hold secrets (`sid`, `api_secret`).
     pub path: LoggablePath<'a>,

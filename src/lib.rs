@@ -85,7 +85,7 @@ pub mod bench_api {
     /// it (no listeners, no background tasks), and one client connection.
     pub struct Pipeline {
         shared: Arc<Shared>,
-        conn: ConnInfo,
+        conn: Arc<ConnInfo>,
     }
 
     impl Pipeline {
@@ -100,7 +100,11 @@ pub mod bench_api {
             let budget = VerifyBudget::new(frappe.max_verify_concurrency, frappe.max_verify_rate);
             let store = CredentialStore::new(&runtime.config.auth, verifier).with_budget(budget);
             shared.auth.store = Arc::new(store);
-            Ok(Pipeline { shared: Arc::new(shared), conn: ConnInfo { peer, tls: None, worker: 0 } })
+            let shared = Arc::new(shared);
+            Ok(Pipeline {
+                conn: Arc::new(ConnInfo { shared: shared.clone(), peer, tls: None, worker: 0 }),
+                shared,
+            })
         }
 
         /// Authenticates `authorization` as the pipeline would on a miss (the verifier is asked
@@ -127,7 +131,7 @@ pub mod bench_api {
             req: Request<Incoming>,
             then: impl FnOnce(Result<Option<&str>, (u16, &str)>) -> R,
         ) -> R {
-            crate::pipeline::admit_for_bench(&self.shared, &self.conn, req, then).await
+            crate::pipeline::admit_for_bench(&self.conn, req, then).await
         }
     }
 }

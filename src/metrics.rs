@@ -1,18 +1,20 @@
 //! Prometheus metrics for the admin listener's `/metrics` (OpenMetrics text). Per-request
 //! counters are resolved to plain atomics at start, so recording a request is a few atomic
-//! adds, no label lookup. Figures other components own (sync, the access-log writer, the
+//! adds, no label lookup; those every request adds to are sharded per thread
+//! ([`counters`], [`histogram`]), so the proxy workers never write one cache line. Figures other components own (sync, the access-log writer, the
 //! credential cache, the process itself) are read at scrape time; see [`Scraped`].
 //!
 //! README.md "Metrics" lists every metric with its type and labels. No label ever carries a
 //! user name, an api_key or a raw path: routes are the configured prefixes, a bounded set.
 
+mod counters;
 mod families;
 mod histogram;
 mod process;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +28,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 
+use self::counters::{CounterFamily, ShardedCounters};
 pub(crate) use self::families::{counter_f64, gauge, unix_seconds};
 use self::families::{labelled, RouteCounters, ScrapedCollector};
 use self::histogram::ShardedHistogram;
@@ -42,12 +45,18 @@ const NO_ROUTE: &str = "-";
 
 type Labels = Vec<(&'static str, &'static str)>;
 
+/// `gateway_requests_total`'s series: one per decision and status class.
+const REQUEST_SERIES: usize = Decision::ALL.len() * STATUS_CLASSES.len();
+/// The upstream's answered requests and their summed time to head (µs), for the status page.
+const UPSTREAM_RESPONSES: usize = 0;
+const UPSTREAM_MICROS: usize = 1;
+
 pub(crate) struct Metrics {
     registry: Registry,
     /// Indexed by `decision as usize * 5 + status class`.
-    requests: Vec<Counter>,
+    requests: Arc<ShardedCounters<REQUEST_SERIES>>,
     /// Indexed by `AuthOutcome as usize`.
-    auth: Vec<Counter>,
+    auth: Arc<ShardedCounters<{ AuthOutcome::ALL.len() }>>,
     /// Indexed by `Limiter as usize`.
     limited: Vec<Counter>,
     latency: ShardedHistogram,
@@ -55,9 +64,8 @@ pub(crate) struct Metrics {
     upstream_latency: ShardedHistogram,
     /// Indexed by `UpstreamError as usize`.
     upstream_errors: Vec<Counter>,
-    /// Upstream responses and their summed time to head (µs), for the status page's average.
-    upstream_responses: AtomicU64,
-    upstream_micros: AtomicU64,
+    /// `UPSTREAM_RESPONSES` and `UPSTREAM_MICROS`, for the status page's average.
+    upstream_answers: ShardedCounters<2>,
     /// Indexed by `WebhookOutcome as usize`.
     webhooks: Vec<Counter>,
     /// Indexed by `TlsFailure as usize`.
@@ -117,15 +125,27 @@ impl Metrics {
         root.register_collector(Box::new(ScrapedCollector(scraped.clone())));
         let registry = root.sub_registry_with_prefix("gateway");
 
-        let requests_family = Family::<Labels, Counter>::default();
-        registry.register("requests", "Requests by decision and status class", requests_family.clone());
-        let requests = Decision::ALL
-            .iter()
-            .flat_map(|d| STATUS_CLASSES.iter().map(move |s| vec![("decision", d.as_str()), ("status", *s)]))
-            .map(|labels| requests_family.get_or_create(&labels).clone())
-            .collect();
-        let auth =
-            labelled(registry, "auth", "Token authentications by outcome", "outcome", AuthOutcome::ALL);
+        let requests = Arc::new(ShardedCounters::new());
+        registry.register_collector(Box::new(CounterFamily {
+            name: "requests",
+            help: "Requests by decision and status class",
+            series: Decision::ALL
+                .iter()
+                .flat_map(|d| {
+                    STATUS_CLASSES
+                        .iter()
+                        .map(move |s| vec![("decision", d.as_str().into()), ("status", (*s).into())])
+                })
+                .collect(),
+            counters: requests.clone(),
+        }));
+        let auth = Arc::new(ShardedCounters::new());
+        registry.register_collector(Box::new(CounterFamily {
+            name: "auth",
+            help: "Token authentications by outcome",
+            series: AuthOutcome::ALL.iter().map(|o| vec![("outcome", o.as_str().into())]).collect(),
+            counters: auth.clone(),
+        }));
         let limited = labelled(
             registry,
             "rate_limited",
@@ -140,11 +160,7 @@ impl Metrics {
             latency.clone(),
         );
         let routes = RouteCounters::default();
-        registry.register(
-            "route_requests",
-            "Requests by configured route prefix and method class (read, write, other)",
-            routes.family.clone(),
-        );
+        registry.register_collector(Box::new(routes.clone()));
         let upstream_latency = ShardedHistogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "upstream_request_duration_seconds",
@@ -205,8 +221,7 @@ impl Metrics {
             routes,
             upstream_latency,
             upstream_errors,
-            upstream_responses: AtomicU64::new(0),
-            upstream_micros: AtomicU64::new(0),
+            upstream_answers: ShardedCounters::new(),
             webhooks,
             tls_failures,
             reloads,
@@ -223,7 +238,7 @@ impl Metrics {
     /// Counts one finished request.
     pub(crate) fn record_request(&self, decision: Decision, status: u16, latency: Duration) {
         let s = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[decision as usize * STATUS_CLASSES.len() + s].inc();
+        self.requests.inc(decision as usize * STATUS_CLASSES.len() + s);
         self.latency.observe(latency);
     }
 
@@ -242,7 +257,7 @@ impl Metrics {
 
     /// Counts one authentication outcome.
     pub(crate) fn record_auth(&self, outcome: AuthOutcome) {
-        self.auth[outcome as usize].inc();
+        self.auth.inc(outcome as usize);
     }
 
     /// Counts one request refused by `limiter`.
@@ -253,9 +268,9 @@ impl Metrics {
     /// One upstream response head after `elapsed`.
     pub(crate) fn record_upstream(&self, elapsed: Duration) {
         self.upstream_latency.observe(elapsed);
-        self.upstream_responses.fetch_add(1, Ordering::Relaxed);
+        self.upstream_answers.inc(UPSTREAM_RESPONSES);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.upstream_micros.fetch_add(micros, Ordering::Relaxed);
+        self.upstream_answers.add(UPSTREAM_MICROS, micros);
     }
 
     /// One request the upstream did not answer.
@@ -303,13 +318,13 @@ impl Metrics {
     /// Cumulative figures for the status page.
     pub(crate) fn totals(&self) -> Totals {
         let mut t = Totals {
-            upstream_responses: self.upstream_responses.load(Ordering::Relaxed),
-            upstream_micros: self.upstream_micros.load(Ordering::Relaxed),
+            upstream_responses: self.upstream_answers.get(UPSTREAM_RESPONSES),
+            upstream_micros: self.upstream_answers.get(UPSTREAM_MICROS),
             upstream_errors: self.upstream_errors.iter().map(Counter::get).sum(),
             ..Totals::default()
         };
-        for (i, c) in self.requests.iter().enumerate() {
-            let n = c.get();
+        for i in 0..REQUEST_SERIES {
+            let n = self.requests.get(i);
             t.requests += n;
             match i % STATUS_CLASSES.len() {
                 3 => t.client_errors += n,
@@ -325,12 +340,12 @@ impl Metrics {
         let per = STATUS_CLASSES.len();
         Decision::ALL
             .iter()
-            .map(|d| (*d, self.requests[*d as usize * per..][..per].iter().map(Counter::get).sum()))
+            .map(|d| (*d, (0..per).map(|s| self.requests.get(*d as usize * per + s)).sum()))
             .collect()
     }
 
     pub(crate) fn auth_counts(&self) -> Vec<(AuthOutcome, u64)> {
-        AuthOutcome::ALL.iter().map(|o| (*o, self.auth[*o as usize].get())).collect()
+        AuthOutcome::ALL.iter().map(|o| (*o, self.auth.get(*o as usize))).collect()
     }
 
     pub(crate) fn limited_counts(&self) -> Vec<(Limiter, u64)> {

@@ -11,10 +11,10 @@ use std::time::{Instant, SystemTime};
 
 use http::{Method, Uri, Version};
 
-use crate::access_log::{AccessLog, AccessRecord, KeyLabel, LoggablePath};
+use crate::access_log::{AccessRecord, KeyLabel, LoggablePath};
 use crate::error::GatewayError;
-use crate::metrics::Metrics;
 use crate::outcome::{AuthOutcome, Decision, Limiter, MethodClass};
+use crate::pipeline::ConnInfo;
 use crate::request_body::BodyStats;
 use crate::state::RequestId;
 
@@ -22,15 +22,14 @@ use crate::state::RequestId;
 const CLIENT_CLOSED: u16 = 499;
 
 pub(crate) struct RequestLog {
-    sink: AccessLog,
-    metrics: Arc<Metrics>,
+    /// The connection's handle to the access log and metrics (see [`ConnInfo`]).
+    conn: Arc<ConnInfo>,
     started: Instant,
     wall: SystemTime,
     /// Set by `finish`; the drop guard writes only when it is still false.
     written: bool,
     pub(crate) request_id: RequestId,
     pub(crate) client_ip: IpAddr,
-    pub(crate) peer: IpAddr,
     /// The `Host` header (HTTP/1.1); HTTP/2's `:authority` is read from `uri` when logged.
     host: Option<http::HeaderValue>,
     user_agent: Option<http::HeaderValue>,
@@ -38,7 +37,6 @@ pub(crate) struct RequestLog {
     method: Option<Method>,
     uri: Option<Uri>,
     version: Version,
-    pub(crate) tls: Option<&'static str>,
     pub(crate) status: u16,
     pub(crate) upstream_status: Option<u16>,
     pub(crate) upstream: Option<Arc<str>>,
@@ -61,31 +59,23 @@ pub(crate) struct RequestLog {
 
 impl RequestLog {
     pub(crate) fn begin<B>(
-        sink: &AccessLog,
-        metrics: &Arc<Metrics>,
+        conn: &Arc<ConnInfo>,
         req: &http::Request<B>,
         request_id: RequestId,
         client_ip: IpAddr,
     ) -> Self {
         RequestLog {
-            sink: sink.clone(),
-            metrics: metrics.clone(),
+            conn: conn.clone(),
             started: Instant::now(),
             wall: SystemTime::now(),
             written: false,
             request_id,
             client_ip,
-            peer: client_ip,
-            host: req
-                .headers()
-                .get(http::header::HOST)
-                .cloned()
-                .or_else(|| req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())),
+            host: req.headers().get(http::header::HOST).cloned(),
             user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             method: Some(req.method().clone()),
             uri: Some(req.uri().clone()),
             version: req.version(),
-            tls: None,
             status: CLIENT_CLOSED,
             upstream_status: None,
             upstream: None,
@@ -107,18 +97,11 @@ impl RequestLog {
 
     /// Logs a request whose head HTTP/1.1 parsing rejected (hyper answered it with a bare
     /// 400 / 431 and closed the connection): there is no method or path to log.
-    pub(crate) fn unparsed(
-        sink: &AccessLog,
-        metrics: &Arc<Metrics>,
-        request_id: RequestId,
-        client_ip: IpAddr,
-        tls: Option<&'static str>,
-        status: u16,
-        reason: &'static str,
-    ) {
+    pub(crate) fn unparsed(conn: &Arc<ConnInfo>, status: u16, reason: &'static str) {
         let req = http::Request::new(());
-        let mut log = RequestLog::begin(sink, metrics, &req, request_id, client_ip);
-        (log.method, log.uri, log.status, log.tls, log.peer) = (None, None, status, tls, client_ip);
+        let request_id = conn.shared.obs.request_ids.next();
+        let mut log = RequestLog::begin(conn, &req, request_id, conn.peer);
+        (log.method, log.uri, log.status) = (None, None, status);
         (log.decision, log.reason) = (Decision::Deny, Some(Cow::Borrowed(reason)));
         log.finish(0);
     }
@@ -148,32 +131,33 @@ impl RequestLog {
             self.decision = Decision::ClientClosed;
         }
         let latency = self.started.elapsed();
-        self.metrics.record_request(self.decision, self.status, latency);
+        let metrics = &self.conn.shared.obs.metrics;
+        metrics.record_request(self.decision, self.status, latency);
         if let Some(outcome) = self.auth {
-            self.metrics.record_auth(outcome);
+            metrics.record_auth(outcome);
         }
         if let Some(limiter) = self.limiter {
-            self.metrics.record_limited(limiter);
+            metrics.record_limited(limiter);
         }
-        self.metrics.record_route(self.route.as_ref(), MethodClass::of(self.method.as_ref()));
+        metrics.record_route(self.route.as_ref(), MethodClass::of(self.method.as_ref()));
         if let (Some(user), Some(key)) = (&self.user, &self.api_key) {
-            self.metrics.top_keys.record(user, key);
+            metrics.top_keys.record(user, key);
         }
         let record = AccessRecord {
             time: self.wall,
             request_id: self.request_id.as_str(),
             client_ip: self.client_ip,
-            peer: self.peer,
+            peer: self.conn.peer,
             host: self
                 .host
                 .as_ref()
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| self.uri.as_ref().and_then(|u| u.authority()).map(|a| a.as_str())),
+                .map(http::HeaderValue::as_bytes)
+                .or_else(|| self.uri.as_ref().and_then(|u| u.authority()).map(|a| a.as_str().as_bytes())),
             user_agent: self.user_agent.take(),
             method: self.method.as_ref().map_or("-", Method::as_str),
             path: LoggablePath(self.uri.as_ref()),
             protocol: protocol_name(self.version),
-            tls: self.tls,
+            tls: self.conn.tls,
             status: self.status,
             upstream_status: self.upstream_status,
             upstream: self.upstream.take(),
@@ -190,7 +174,7 @@ impl RequestLog {
             decision: self.decision,
             reason: self.reason.take(),
         };
-        self.sink.log(&record);
+        self.conn.shared.obs.access_log.log(&record);
     }
 }
 

@@ -207,7 +207,7 @@ async fn serve_connection(
     let worker = listener.worker;
     // The certificate in force when the client connects (a reload swaps it for later ones).
     let Some(certificate) = listener.state.tls.load_full() else {
-        let info = Arc::new(ConnInfo { peer: peer_ip, tls: None, worker });
+        let info = Arc::new(ConnInfo { shared: listener.state.clone(), peer: peer_ip, tls: None, worker });
         return serve_io(stream, info, listener, shutdown).await;
     };
     let acceptor = TlsAcceptor::from(certificate.config.clone());
@@ -215,7 +215,8 @@ async fn serve_connection(
     match handshake.await {
         Ok(Ok(stream)) => {
             let version = crate::tls::version_name(stream.get_ref().1.protocol_version());
-            let info = Arc::new(ConnInfo { peer: peer_ip, tls: version, worker });
+            let info =
+                Arc::new(ConnInfo { shared: listener.state.clone(), peer: peer_ip, tls: version, worker });
             serve_io(stream, info, listener, shutdown).await;
         }
         Ok(Err(e)) => {
@@ -251,14 +252,13 @@ async fn serve_io<I>(io: I, info: Arc<ConnInfo>, listener: &ProxyListener, shutd
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = &listener.state;
     let (io, activity) = ActivityIo::new(io);
     let served = Arc::new(AtomicBool::new(false));
     let service = {
-        let (state, info, served) = (state.clone(), info.clone(), served.clone());
+        let (info, served) = (info.clone(), served.clone());
         service_fn(move |req: Request<Incoming>| {
             served.store(true, Ordering::Relaxed);
-            pipeline::handle(state.clone(), info.clone(), req)
+            pipeline::handle(info.clone(), req)
         })
     };
     let conn = listener.http.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -281,13 +281,13 @@ where
     }));
     tokio::select! {
         biased;
-        result = conn.as_mut() => return log_connection_end(state, &info, result),
+        result = conn.as_mut() => return log_connection_end(&info, result),
         _ = &mut closing => {}
     }
     drop(watcher);
     conn.as_mut().graceful_shutdown();
     let result = conn.await;
-    log_connection_end(state, &info, result);
+    log_connection_end(&info, result);
 }
 
 /// Aborts the task when dropped (the connection it watches has ended).
@@ -309,11 +309,7 @@ async fn first_request_overdue(served: &AtomicBool, limit: Duration) {
 
 /// A request head hyper rejected (too large, malformed) never reached the pipeline: it still
 /// gets its access-log line.
-fn log_connection_end(
-    state: &Shared,
-    info: &ConnInfo,
-    result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
-) {
+fn log_connection_end(info: &Arc<ConnInfo>, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     let Err(error) = result else { return };
     let Some(error) = error.downcast_ref::<hyper::Error>() else { return };
     let (status, reason) = if error.is_parse_too_large() {
@@ -326,14 +322,5 @@ fn log_connection_end(
         }
         return;
     };
-    let obs = &state.obs;
-    RequestLog::unparsed(
-        &obs.access_log,
-        &obs.metrics,
-        obs.request_ids.next(),
-        info.peer,
-        info.tls,
-        status,
-        reason,
-    );
+    RequestLog::unparsed(info, status, reason);
 }

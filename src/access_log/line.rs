@@ -20,11 +20,12 @@ pub(super) fn write(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
     line.ip("peer", r.peer);
     line.string("method", r.method);
     if let Some(host) = r.host {
-        line.string("host", host);
+        line.key("host");
+        header_text(line.out, host);
     }
     if let Some(agent) = &r.user_agent {
         line.key("user_agent");
-        header_text(line.out, agent);
+        header_text(line.out, agent.as_bytes());
     }
     line.key("path");
     loggable_path(line.out, r.path);
@@ -156,18 +157,15 @@ fn escape(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(&bytes[copied..]);
 }
 
-/// A header value as text; bytes that are not visible ASCII become `?` (never a raw byte).
-fn header_text(out: &mut Vec<u8>, value: &http::HeaderValue) {
-    quoted(out, |out| match value.to_str() {
-        Ok(text) => escape(out, text),
-        Err(_) => {
-            for &b in value.as_bytes() {
-                match b {
-                    b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-                    b' ' => out.push(b),
-                    _ if b.is_ascii_graphic() => out.push(b),
-                    _ => out.push(b'?'),
-                }
+/// A header value as text, in one pass: bytes that are not visible ASCII or a space become
+/// `?` (never a raw byte, never a control character).
+fn header_text(out: &mut Vec<u8>, value: &[u8]) {
+    quoted(out, |out| {
+        for &b in value {
+            match b {
+                b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+                b' '..=b'~' => out.push(b),
+                _ => out.push(b'?'),
             }
         }
     });
@@ -274,7 +272,7 @@ mod tests {
     #[test]
     fn header_bytes_that_are_not_text_become_question_marks() {
         let mut out = Vec::new();
-        header_text(&mut out, &http::HeaderValue::from_bytes(b"curl \"x\" \xff\xfe").unwrap());
-        assert_eq!(String::from_utf8(out).unwrap(), r#""curl \"x\" ??""#);
+        header_text(&mut out, http::HeaderValue::from_bytes(b"curl \"x\"\t\xff\xfe").unwrap().as_bytes());
+        assert_eq!(String::from_utf8(out).unwrap(), r#""curl \"x\"???""#);
     }
 }

@@ -2,6 +2,7 @@
 //! per-route counters, and the collector for figures read at scrape time.
 
 use super::*;
+use prometheus_client::metrics::MetricType;
 
 /// One counter per variant of `all`, labelled `label = variant.as_str()`.
 pub(super) fn labelled<T: Copy + LabelName>(
@@ -32,41 +33,67 @@ macro_rules! label_name {
 }
 label_name!(AuthOutcome, Limiter, UpstreamError, WebhookOutcome, TlsFailure, ReloadResult);
 
-/// `gateway_route_requests_total{route, method}`: the counters of each configured route,
-/// found by the route's path in a copy-on-write table (a lookup per request, no lock).
-#[derive(Default)]
+/// A route's requests by method class.
+type PerMethod = ShardedCounters<{ MethodClass::ALL.len() }>;
+
+/// `gateway_route_requests_total{route, method}`: the counters of each route seen, found by
+/// the route's path in a copy-on-write table (a lookup per request, no lock), in the order
+/// they were first seen. Cheap to clone: clones share the table (one is registered).
+#[derive(Default, Clone, Debug)]
 pub(super) struct RouteCounters {
-    pub(super) family: Family<Vec<(&'static str, String)>, Counter>,
-    table: ArcSwap<HashMap<Arc<str>, Arc<[Counter; 3]>>>,
-    grow: Mutex<()>,
+    table: Arc<ArcSwap<RouteTable>>,
+    grow: Arc<Mutex<()>>,
+}
+
+#[derive(Default, Debug)]
+struct RouteTable {
+    by_path: HashMap<Arc<str>, Arc<PerMethod>>,
+    in_order: Vec<(Arc<str>, Arc<PerMethod>)>,
 }
 
 impl RouteCounters {
     pub(super) fn inc(&self, route: Option<&Arc<str>>, method: MethodClass) {
         let route = route.map_or(NO_ROUTE, |r| &**r);
-        if let Some(counters) = self.table.load().get(route) {
-            counters[method as usize].inc();
+        if let Some(counters) = self.table.load().by_path.get(route) {
+            counters.inc(method as usize);
             return;
         }
-        self.counters(route)[method as usize].inc();
+        self.counters(route).inc(method as usize);
     }
 
     /// The route's counters, created (with their series) when new.
-    pub(super) fn counters(&self, route: &str) -> Arc<[Counter; 3]> {
+    pub(super) fn counters(&self, route: &str) -> Arc<PerMethod> {
         let _grow = self.grow.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(counters) = self.table.load().get(route) {
+        if let Some(counters) = self.table.load().by_path.get(route) {
             return counters.clone();
         }
-        let counter = |m: MethodClass| {
-            self.family
-                .get_or_create(&vec![("route", route.to_string()), ("method", m.as_str().to_string())])
-                .clone()
-        };
-        let counters: Arc<[Counter; 3]> = Arc::new(std::array::from_fn(|i| counter(MethodClass::ALL[i])));
-        let mut table = HashMap::clone(&self.table.load());
-        table.insert(Arc::from(route), counters.clone());
-        self.table.store(Arc::new(table));
+        let counters = Arc::new(PerMethod::new());
+        let current = self.table.load();
+        let route: Arc<str> = Arc::from(route);
+        let mut in_order = current.in_order.clone();
+        in_order.push((route.clone(), counters.clone()));
+        let mut by_path = current.by_path.clone();
+        by_path.insert(route, counters.clone());
+        self.table.store(Arc::new(RouteTable { by_path, in_order }));
         counters
+    }
+}
+
+impl Collector for RouteCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "route_requests",
+            "Requests by configured route prefix and method class (read, write, other)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (route, counters) in &self.table.load().in_order {
+            for method in MethodClass::ALL {
+                let labels = [("route", &**route), ("method", method.as_str())];
+                ConstCounter::new(counters.get(*method as usize)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 

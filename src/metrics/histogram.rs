@@ -19,33 +19,32 @@ pub(crate) struct ShardedHistogram(Arc<Inner>);
 struct Inner {
     /// Upper bounds in seconds, ascending; the `+Inf` bucket follows them.
     bounds: Box<[f64]>,
-    shards: [Padded<Shard>; SHARDS],
+    /// One row per thread slot, each on cache lines of its own: the observations per bucket
+    /// (not cumulative, `bounds.len() + 1` of them), then the sum in nanoseconds.
+    rows: Box<[Padded<[AtomicU64; LANES]>]>,
+    /// Chunks of `LANES` per row.
+    row_chunks: usize,
 }
 
-#[derive(Debug)]
-struct Shard {
-    /// Observations per bucket (not cumulative), `bounds.len() + 1` of them.
-    buckets: Box<[AtomicU64]>,
-    sum_nanos: AtomicU64,
-}
+/// Counters per 128-byte chunk.
+const LANES: usize = 16;
 
 impl ShardedHistogram {
     pub(crate) fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
         let bounds: Box<[f64]> = bounds.into_iter().collect();
-        let shards = std::array::from_fn(|_| {
-            let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-            Padded(Shard { buckets, sum_nanos: AtomicU64::new(0) })
-        });
-        ShardedHistogram(Arc::new(Inner { bounds, shards }))
+        let row_chunks = (bounds.len() + 2).div_ceil(LANES);
+        let rows =
+            (0..SHARDS * row_chunks).map(|_| Padded(std::array::from_fn(|_| AtomicU64::new(0)))).collect();
+        ShardedHistogram(Arc::new(Inner { bounds, rows, row_chunks }))
     }
 
     pub(crate) fn observe(&self, value: Duration) {
         let seconds = value.as_secs_f64();
         let bucket = self.0.bounds.partition_point(|bound| *bound < seconds);
-        let shard = &self.0.shards[shard::this_thread()].0;
-        shard.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let row = shard::this_thread();
+        self.0.cell(row, bucket).fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
-        shard.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.0.cell(row, self.0.bounds.len() + 1).fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// `(sum in seconds, count, [(upper bound, observations in that bucket)])`, the last bound
@@ -55,14 +54,21 @@ impl ShardedHistogram {
         let mut buckets: Vec<(f64, u64)> =
             inner.bounds.iter().copied().chain([f64::MAX]).map(|bound| (bound, 0)).collect();
         let mut sum_nanos = 0u64;
-        for shard in &inner.shards {
-            for (total, n) in buckets.iter_mut().zip(shard.0.buckets.iter()) {
-                total.1 += n.load(Ordering::Relaxed);
+        for row in 0..SHARDS {
+            for (i, total) in buckets.iter_mut().enumerate() {
+                total.1 += inner.cell(row, i).load(Ordering::Relaxed);
             }
-            sum_nanos = sum_nanos.saturating_add(shard.0.sum_nanos.load(Ordering::Relaxed));
+            sum_nanos =
+                sum_nanos.saturating_add(inner.cell(row, inner.bounds.len() + 1).load(Ordering::Relaxed));
         }
         let count = buckets.iter().map(|(_, n)| n).sum();
         (sum_nanos as f64 / 1e9, count, buckets)
+    }
+}
+
+impl Inner {
+    fn cell(&self, row: usize, i: usize) -> &AtomicU64 {
+        &self.rows[row * self.row_chunks + i / LANES].0[i % LANES]
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::{Request, Response};
 
@@ -17,8 +18,11 @@ use crate::routes::RouteEntry;
 use crate::runtime::Runtime;
 use crate::state::{RequestId, Shared};
 
-/// Facts about the client connection a request arrived on.
+/// Facts about the client connection a request arrived on, and the gateway's state: each
+/// request holds this per-connection handle, not a clone of the process-wide `Arc<Shared>`,
+/// whose reference count every worker's requests would otherwise update on one cache line.
 pub(crate) struct ConnInfo {
+    pub(crate) shared: Arc<Shared>,
     pub(crate) peer: IpAddr,
     pub(crate) tls: Option<&'static str>,
     /// The proxy worker serving the connection (selects its upstream pool).
@@ -40,12 +44,11 @@ pub(super) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(super) fn begin<B>(shared: &'a Shared, rt: &'a Runtime, conn: &ConnInfo, req: &Request<B>) -> Self {
+    pub(super) fn begin<B>(conn: &'a Arc<ConnInfo>, rt: &'a Runtime, req: &Request<B>) -> Self {
+        let shared = &*conn.shared;
         let client_ip = rt.client_ip.resolve(conn.peer, req.headers().get_all("x-forwarded-for"));
         let request_id = request_id(shared, rt, conn.peer, req);
-        let obs = &shared.obs;
-        let mut log = RequestLog::begin(&obs.access_log, &obs.metrics, req, request_id.clone(), client_ip);
-        (log.tls, log.peer) = (conn.tls, conn.peer);
+        let log = RequestLog::begin(conn, req, request_id.clone(), client_ip);
         Ctx { shared, rt, log, request_id, rate: None, key_charged: None, worker: conn.worker }
     }
 

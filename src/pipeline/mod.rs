@@ -33,7 +33,6 @@ use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
 use crate::error::GatewayError;
-use crate::state::Shared;
 
 pub(crate) use context::ConnInfo;
 use context::Ctx;
@@ -41,13 +40,12 @@ use forward::Forwardable;
 
 /// Entry point for every request on the proxy listener.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     // This request's rules, to its end: a reload swaps in new ones for later requests.
-    let runtime = shared.runtime();
-    let mut ctx = Ctx::begin(&shared, &runtime, &conn, &req);
+    let runtime = conn.shared.runtime();
+    let mut ctx = Ctx::begin(&conn, &runtime, &req);
     let outcome = process(&mut ctx, req).await;
     Ok(ctx.finish(outcome))
 }
@@ -57,13 +55,12 @@ pub(crate) async fn handle(
 /// status and reason) before the request's state is dropped; nothing is sent upstream and
 /// [`Ctx::finish`] is not called (the access-log entry is the drop guard's).
 pub(crate) async fn admit_for_bench<R>(
-    shared: &Shared,
-    conn: &ConnInfo,
+    conn: &Arc<ConnInfo>,
     req: Request<Incoming>,
     then: impl FnOnce(Result<Option<&str>, (u16, &str)>) -> R,
 ) -> R {
-    let runtime = shared.runtime();
-    let mut ctx = Ctx::begin(shared, &runtime, conn, &req);
+    let runtime = conn.shared.runtime();
+    let mut ctx = Ctx::begin(conn, &runtime, &req);
     match admit(&mut ctx, req).await {
         Ok(forwardable) => then(Ok(forwardable.user())),
         Err(err) => then(Err((err.kind.status().as_u16(), &err.reason))),
@@ -103,7 +100,7 @@ async fn admit<'r>(ctx: &mut Ctx<'r>, req: Request<Incoming>) -> Result<Forwarda
 mod tests {
     use super::*;
 
-    fn future_size<A, B, C, Fut, F: Fn(A, B, C) -> Fut>(_: &F) -> usize {
+    fn future_size<A, B, Fut, F: Fn(A, B) -> Fut>(_: &F) -> usize {
         std::mem::size_of::<Fut>()
     }
 
