@@ -216,7 +216,7 @@ async fn probe_upstream(state: &Shared) -> Result<u16, String> {
     if let Ok(host) = HeaderValue::from_str(&upstream.host) {
         req.headers_mut().insert(HOST, host);
     }
-    let response = tokio::time::timeout(PROBE_TIMEOUT, state.probe.send(req, &stats))
+    let (response, _) = tokio::time::timeout(PROBE_TIMEOUT, state.probe.send(req, &stats))
         .await
         .map_err(|_| format!("upstream did not answer within {PROBE_TIMEOUT:?}"))?
         .map_err(|e| e.reason.to_string())?;

@@ -21,7 +21,7 @@ enum Inner {
 pub(crate) struct ResponseBody {
     inner: Inner,
     bytes_out: u64,
-    log: Option<RequestLog>,
+    log: Option<Box<RequestLog>>,
 }
 
 impl ResponseBody {
@@ -34,7 +34,7 @@ impl ResponseBody {
     }
 
     /// Hands the request's log entry to the body, which finishes it at the body's end.
-    pub(crate) fn log_when_complete(&mut self, log: RequestLog) {
+    pub(crate) fn log_when_complete(&mut self, log: Box<RequestLog>) {
         self.log = Some(log);
     }
 

@@ -100,7 +100,7 @@ impl RequestLog {
     pub(crate) fn unparsed(conn: &Arc<ConnInfo>, status: u16, reason: &'static str) {
         let req = http::Request::new(());
         let request_id = conn.shared.obs.request_ids.next();
-        let mut log = RequestLog::begin(conn, &req, request_id, conn.peer);
+        let mut log = Box::new(RequestLog::begin(conn, &req, request_id, conn.peer));
         (log.method, log.uri, log.status) = (None, None, status);
         (log.decision, log.reason) = (Decision::Deny, Some(Cow::Borrowed(reason)));
         log.finish(0);
@@ -115,7 +115,7 @@ impl RequestLog {
 
     /// Writes the line and counts the request: the response is complete after `bytes_out`
     /// body bytes.
-    pub(crate) fn finish(mut self, bytes_out: u64) {
+    pub(crate) fn finish(mut self: Box<Self>, bytes_out: u64) {
         self.bytes_out = bytes_out;
         self.write();
     }

@@ -88,15 +88,15 @@ impl Upstream {
         self
     }
 
-    /// Sends `req` (absolute URI: the backend to use) and returns the response head; the body
-    /// streams afterwards. Refused / reset → 502; no response head within `upstream.timeout`
+    /// Sends `req` (absolute URI: the backend to use) and returns the response head and how
+    /// long it took to arrive; the body streams afterwards. Refused / reset → 502; no response head within `upstream.timeout`
     /// of the request body being sent (upload time does not count) → 504; a body cut off on
     /// its way (too large, too slow, a judged field in a streamed form) → that body's own error.
     pub(crate) async fn send(
         &self,
         req: Request<UpstreamBody>,
         stats: &BodyStats,
-    ) -> Result<Response<UpstreamResponse>, GatewayError> {
+    ) -> Result<(Response<UpstreamResponse>, Duration), GatewayError> {
         let answer_deadline = async {
             stats.sent().await;
             tokio::time::sleep(self.timeout).await;
@@ -111,14 +111,15 @@ impl Upstream {
             () = answer_deadline => Err((Some(UpstreamError::Timeout), GatewayError::new(ErrorKind::GatewayTimeout, "upstream did not answer in time")
                 .with_reason(format!("no response within {}", humantime::format_duration(self.timeout))))),
         };
+        let took = started.elapsed();
         if let Some(metrics) = &self.metrics {
             match &outcome {
-                Ok(_) => metrics.record_upstream(started.elapsed()),
+                Ok(_) => metrics.record_upstream(took),
                 Err((Some(kind), _)) => metrics.record_upstream_error(*kind),
                 Err((None, _)) => {}
             }
         }
-        outcome.map_err(|(_, e)| e)
+        outcome.map(|response| (response, took)).map_err(|(_, e)| e)
     }
 
     async fn exchange(&self, mut req: Request<UpstreamBody>) -> Result<Response<UpstreamResponse>, Failure> {

@@ -98,8 +98,19 @@ impl Line<'_> {
 
     fn ip(&mut self, key: &'static str, ip: IpAddr) {
         self.key(key);
-        quoted(self.out, |out| {
-            let _ = write!(Escaped(out), "{ip}");
+        quoted(self.out, |out| match ip {
+            // The usual case, digit by digit (`Display` goes through the formatter's padding).
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b'.');
+                    }
+                    out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+                }
+            }
+            IpAddr::V6(v6) => {
+                let _ = write!(Escaped(out), "{v6}");
+            }
         });
     }
 
@@ -261,6 +272,15 @@ mod tests {
             let mut out = Vec::new();
             write_time(&mut out, at);
             prop_assert_eq!(String::from_utf8(out).unwrap(), format!("\"{}\"", humantime::format_rfc3339_millis(at)));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn addresses_are_written_as_displayed(ip in any::<IpAddr>()) {
+            let mut out = Vec::new();
+            Line { out: &mut out, first: true }.ip("ip", ip);
+            prop_assert_eq!(String::from_utf8(out).unwrap(), format!("{{\"ip\":\"{ip}\""));
         }
     }
 

@@ -34,7 +34,9 @@ pub(super) struct Ctx<'a> {
     pub(super) shared: &'a Shared,
     /// The runtime configuration this request started with.
     pub(super) rt: &'a Runtime,
-    pub(super) log: RequestLog,
+    /// Boxed: it goes on with the response body, and half a kilobyte moved with every
+    /// future and response it passes through costs more than one allocation.
+    pub(super) log: Box<RequestLog>,
     pub(super) request_id: RequestId,
     /// The tightest rate-limit decision so far, echoed in `RateLimit-*` headers.
     rate: Option<LimitDecision>,
@@ -48,7 +50,7 @@ impl<'a> Ctx<'a> {
         let shared = &*conn.shared;
         let client_ip = rt.client_ip.resolve(conn.peer, req.headers().get_all("x-forwarded-for"));
         let request_id = request_id(shared, rt, conn.peer, req);
-        let log = RequestLog::begin(conn, req, request_id.clone(), client_ip);
+        let log = Box::new(RequestLog::begin(conn, req, request_id.clone(), client_ip));
         Ctx { shared, rt, log, request_id, rate: None, key_charged: None, worker: conn.worker }
     }
 

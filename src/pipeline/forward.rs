@@ -67,9 +67,8 @@ pub(super) async fn forward(
     proxy::prepare(&mut req, &info);
     let stats = ctx.log.body_stats.clone().unwrap_or_default();
     ctx.log.upstream = Some(target.address.clone());
-    let sent = std::time::Instant::now();
-    let mut upstream_response = ctx.shared.upstreams[ctx.worker].send(req, &stats).await?;
-    ctx.log.upstream_time = Some(sent.elapsed());
+    let (mut upstream_response, took) = ctx.shared.upstreams[ctx.worker].send(req, &stats).await?;
+    ctx.log.upstream_time = Some(took);
     ctx.log.upstream_status = Some(upstream_response.status().as_u16());
 
     if let Some(client_upgrade) = client_upgrade {
