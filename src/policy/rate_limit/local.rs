@@ -71,7 +71,17 @@ impl LocalLimiter {
 
     fn check_at(&self, scope: &str, subject: Subject<'_>, rate: &Rate, now: u64) -> Decision {
         let subject = subject.canonical();
-        let table = self.table(scope, rate);
+        // Borrowed from the loaded table set: cloning the table's `Arc` would write its
+        // reference count, one cache line every worker's checks share.
+        let tables = self.tables.load();
+        let added;
+        let table = match find(&tables, scope, rate) {
+            Some(table) => table,
+            None => {
+                added = self.add_table(scope, rate);
+                &added
+            }
+        };
         let cell = match table.get(&subject) {
             Some(cell) => cell,
             None => table.get_with(subject.to_key(), Cell::default),
@@ -103,14 +113,12 @@ impl LocalLimiter {
         self.tables.load().values().flatten().for_each(|(_, t)| t.run_pending_tasks());
     }
 
-    fn table(&self, scope: &str, rate: &Rate) -> Arc<Table> {
-        if let Some(table) = find(&self.tables.load(), scope, rate) {
-            return table;
-        }
+    /// The table of (`scope`, `rate`), created unless a concurrent check just did.
+    fn add_table(&self, scope: &str, rate: &Rate) -> Arc<Table> {
         let _guard = self.adding.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.tables.load_full();
         if let Some(table) = find(&current, scope, rate) {
-            return table;
+            return table.clone();
         }
         let idle = Gcra::new(rate, Duration::from_nanos(1)).full_refill().max(Duration::from_secs(1));
         let table =
@@ -122,8 +130,8 @@ impl LocalLimiter {
     }
 }
 
-fn find(tables: &Tables, scope: &str, rate: &Rate) -> Option<Arc<Table>> {
-    tables.get(scope)?.iter().find(|(r, _)| r == rate).map(|(_, t)| t.clone())
+fn find<'t>(tables: &'t Tables, scope: &str, rate: &Rate) -> Option<&'t Arc<Table>> {
+    tables.get(scope)?.iter().find(|(r, _)| r == rate).map(|(_, t)| t)
 }
 
 impl Default for LocalLimiter {
