@@ -138,6 +138,9 @@ mod tests {
         let last_touch = last_touch.await.unwrap();
         assert!(closed >= last_touch + limit, "closed {closed:?} after start, last byte at {last_touch:?}");
         let slack = Duration::from_millis(150);
-        assert!(closed <= last_touch + limit + limit / 4 + slack, "closed {closed:?}, last byte at {last_touch:?}");
+        assert!(
+            closed <= last_touch + limit + limit / 4 + slack,
+            "closed {closed:?}, last byte at {last_touch:?}"
+        );
     }
 }

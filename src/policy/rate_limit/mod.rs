@@ -156,8 +156,8 @@ impl Decision {
     /// and, when refused, `Retry-After`; replaces any existing values.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         headers.insert(RATELIMIT_LIMIT, number(self.limit.into()));
-        headers.insert(RATELIMIT_REMAINING, number(self.remaining.into()));
-        headers.insert(RATELIMIT_RESET, number(self.reset_secs()));
+        headers.insert(RATELIMIT_REMAINING, unindexed(number(self.remaining.into())));
+        headers.insert(RATELIMIT_RESET, unindexed(number(self.reset_secs())));
         if let Some(secs) = self.retry_after_secs() {
             headers.insert(RETRY_AFTER, number(secs));
         }
@@ -170,6 +170,14 @@ fn number(n: u64) -> HeaderValue {
     static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
     let small = SMALL.get_or_init(|| (0..1024u64).map(HeaderValue::from).collect());
     usize::try_from(n).ok().and_then(|i| small.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
+}
+
+/// Marks a value that changes with every response as not worth HTTP/2's header table (HPACK
+/// "never indexed"): indexing it would only evict the entries that do repeat, and the encoder
+/// would compare each new value with every one it had kept under that name.
+pub(crate) fn unindexed(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// A monotonic time source for the local limiter and lockouts; swap in a [`ManualClock`] in tests.
@@ -384,6 +392,17 @@ mod tests {
             reset_after: Duration::from_millis(reset),
             retry_after: retry.map(Duration::from_millis),
         }
+    }
+
+    /// HTTP/2 keeps the limit (it repeats) in its header table, not the values that change.
+    #[test]
+    fn values_that_change_per_response_are_not_indexed() {
+        let mut headers = HeaderMap::new();
+        decision(true, 59, 1000, None).write_headers(&mut headers);
+        assert!(!headers[RATELIMIT_LIMIT].is_sensitive());
+        assert!(headers[RATELIMIT_REMAINING].is_sensitive());
+        assert!(headers[RATELIMIT_RESET].is_sensitive());
+        assert_eq!(headers[RATELIMIT_REMAINING], "59");
     }
 
     #[test]
