@@ -84,7 +84,6 @@ pub mod bench_api {
     /// A gateway's shared state built from a config as [`app::start`](crate::app::start) builds
     /// it (no listeners, no background tasks), and one client connection.
     pub struct Pipeline {
-        shared: Arc<Shared>,
         conn: Arc<ConnInfo>,
     }
 
@@ -100,24 +99,20 @@ pub mod bench_api {
             let budget = VerifyBudget::new(frappe.max_verify_concurrency, frappe.max_verify_rate);
             let store = CredentialStore::new(&runtime.config.auth, verifier).with_budget(budget);
             shared.auth.store = Arc::new(store);
-            let shared = Arc::new(shared);
-            Ok(Pipeline {
-                conn: Arc::new(ConnInfo { shared: shared.clone(), peer, tls: None, worker: 0 }),
-                shared,
-            })
+            Ok(Pipeline { conn: Arc::new(ConnInfo { shared: Arc::new(shared), peer, tls: None, worker: 0 }) })
         }
 
         /// Authenticates `authorization` as the pipeline would on a miss (the verifier is asked
         /// unless the credential is cached): warms the cache.
         pub async fn authenticate(&self, authorization: &HeaderValue) -> Result<(), String> {
             let credential = crate::auth::parse(Some(authorization)).map_err(|e| e.to_string())?;
-            let store = &self.shared.auth.store;
+            let store = &self.conn.shared.auth.store;
             store.authenticate(&credential, authorization).await.map(drop).map_err(|e| format!("{e:?}"))
         }
 
         /// Calls the store made to its verifier so far.
         pub fn verify_calls(&self) -> u64 {
-            self.shared.auth.store.verify_calls()
+            self.conn.shared.auth.store.verify_calls()
         }
 
         /// One request as the gateway's `pipeline::handle` starts it (the runtime config loaded,

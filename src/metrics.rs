@@ -1,8 +1,9 @@
 //! Prometheus metrics for the admin listener's `/metrics` (OpenMetrics text). Per-request
 //! counters are resolved to plain atomics at start, so recording a request is a few atomic
-//! adds, no label lookup; those every request adds to are sharded per thread
-//! ([`counters`], [`histogram`]), so the proxy workers never write one cache line. Figures other components own (sync, the access-log writer, the
-//! credential cache, the process itself) are read at scrape time; see [`Scraped`].
+//! adds, no label lookup; those every request adds to are sharded per thread ([`counters`],
+//! [`histogram`]), so the proxy workers never write one cache line. Figures other components
+//! own (sync, the access-log writer, the credential cache, the process itself) are read at
+//! scrape time; see [`Scraped`].
 //!
 //! README.md "Metrics" lists every metric with its type and labels. No label ever carries a
 //! user name, an api_key or a raw path: routes are the configured prefixes, a bounded set.
@@ -132,9 +133,7 @@ impl Metrics {
             series: Decision::ALL
                 .iter()
                 .flat_map(|d| {
-                    STATUS_CLASSES
-                        .iter()
-                        .map(move |s| vec![("decision", d.as_str().into()), ("status", (*s).into())])
+                    STATUS_CLASSES.iter().map(move |s| vec![("decision", d.as_str()), ("status", *s)])
                 })
                 .collect(),
             counters: requests.clone(),
@@ -143,7 +142,7 @@ impl Metrics {
         registry.register_collector(Box::new(CounterFamily {
             name: "auth",
             help: "Token authentications by outcome",
-            series: AuthOutcome::ALL.iter().map(|o| vec![("outcome", o.as_str().into())]).collect(),
+            series: AuthOutcome::ALL.iter().map(|o| vec![("outcome", o.as_str())]).collect(),
             counters: auth.clone(),
         }));
         let limited = labelled(

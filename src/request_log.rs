@@ -153,7 +153,7 @@ impl RequestLog {
                 .as_ref()
                 .map(http::HeaderValue::as_bytes)
                 .or_else(|| self.uri.as_ref().and_then(|u| u.authority()).map(|a| a.as_str().as_bytes())),
-            user_agent: self.user_agent.take(),
+            user_agent: self.user_agent.as_ref().map(http::HeaderValue::as_bytes),
             method: self.method.as_ref().map_or("-", Method::as_str),
             path: LoggablePath(self.uri.as_ref()),
             protocol: protocol_name(self.version),

@@ -145,7 +145,7 @@ impl RequestIds {
         // An owned buffer: clones share it (a copied slice would be copied again when first
         // cloned).
         let id = Bytes::from_owner(id).slice(..16 + digits);
-        RequestId(HeaderValue::from_maybe_shared(id).expect("hex digits are a valid header value"))
+        RequestId::unindexed(HeaderValue::from_maybe_shared(id).expect("hex digits are a valid header value"))
     }
 }
 
@@ -167,7 +167,14 @@ impl RequestId {
     pub(crate) fn inherited(value: &HeaderValue) -> Option<Self> {
         let bytes = value.as_bytes();
         let valid = !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic);
-        valid.then(|| RequestId(value.clone()))
+        valid.then(|| RequestId::unindexed(value.clone()))
+    }
+
+    /// Unique to one response: HTTP/2 sends it as a never-indexed literal, since indexing it
+    /// would only evict header-table entries that do repeat.
+    fn unindexed(mut value: HeaderValue) -> Self {
+        value.set_sensitive(true);
+        RequestId(value)
     }
 
     pub(crate) fn as_str(&self) -> &str {

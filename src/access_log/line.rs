@@ -23,9 +23,9 @@ pub(super) fn write(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
         line.key("host");
         header_text(line.out, host);
     }
-    if let Some(agent) = &r.user_agent {
+    if let Some(agent) = r.user_agent {
         line.key("user_agent");
-        header_text(line.out, agent.as_bytes());
+        header_text(line.out, agent);
     }
     line.key("path");
     loggable_path(line.out, r.path);
@@ -282,6 +282,20 @@ mod tests {
             Line { out: &mut out, first: true }.ip("ip", ip);
             prop_assert_eq!(String::from_utf8(out).unwrap(), format!("{{\"ip\":\"{ip}\""));
         }
+    }
+
+    #[test]
+    fn query_values_are_dropped() {
+        let logged = |uri: Option<&http::Uri>| {
+            let mut out = Vec::new();
+            loggable_path(&mut out, LoggablePath(uri));
+            serde_json::from_slice::<String>(&out).unwrap()
+        };
+        let uri: http::Uri = "/api/method/x?sid=abc123&fields=%5B%5D".parse().unwrap();
+        assert_eq!(logged(Some(&uri)), "/api/method/x?sid&fields");
+        let plain: http::Uri = "/api/resource/ToDo".parse().unwrap();
+        assert_eq!(logged(Some(&plain)), "/api/resource/ToDo");
+        assert_eq!(logged(None), "-");
     }
 
     #[test]

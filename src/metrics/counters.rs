@@ -11,6 +11,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::MetricType;
 
+use super::Labels;
 use crate::shard::{self, Padded, SHARDS};
 
 /// `N` counters; each thread slot adds to a row of its own, on cache lines of its own.
@@ -37,9 +38,6 @@ impl<const N: usize> ShardedCounters<N> {
         self.rows.iter().map(|row| row.0[i].load(Ordering::Relaxed)).fold(0, u64::wrapping_add)
     }
 }
-
-/// The labels of one series.
-pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// A counter family written from [`ShardedCounters`] at scrape time: `series[i]`'s labels
 /// carry counter `i`. Registered in the registry as a collector, so it is exposed exactly as a

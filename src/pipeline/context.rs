@@ -11,7 +11,6 @@ use crate::config::Rate;
 use crate::error::GatewayError;
 use crate::frappe_request::Call;
 use crate::outcome::AuthOutcome;
-use crate::policy::rate_limit::unindexed;
 use crate::policy::Decision as LimitDecision;
 use crate::proxy::X_REQUEST_ID;
 use crate::request_log::RequestLog;
@@ -95,7 +94,7 @@ impl<'a> Ctx<'a> {
         if let Some(decision) = rate {
             decision.write_headers(response.headers_mut());
         }
-        response.headers_mut().insert(X_REQUEST_ID, unindexed(request_id.header()));
+        response.headers_mut().insert(X_REQUEST_ID, request_id.header());
         log.status = response.status().as_u16();
         response.body_mut().log_when_complete(log);
         response

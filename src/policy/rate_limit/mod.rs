@@ -175,7 +175,7 @@ fn number(n: u64) -> HeaderValue {
 /// Marks a value that changes with every response as not worth HTTP/2's header table (HPACK
 /// "never indexed"): indexing it would only evict the entries that do repeat, and the encoder
 /// would compare each new value with every one it had kept under that name.
-pub(crate) fn unindexed(mut value: HeaderValue) -> HeaderValue {
+fn unindexed(mut value: HeaderValue) -> HeaderValue {
     value.set_sensitive(true);
     value
 }
