@@ -181,8 +181,10 @@ fn check_lines(lines: &[Value], raw: &str, expected: &[Expect]) {
     assert!(!raw.contains(SECRET), "a query value reached the access log:\n{raw}");
 }
 
-/// A final request whose line, once seen, proves every earlier line has been written (one
-/// writer, lines queued in completion order).
+/// A final request whose line, once seen, proves every line complete before it was appended
+/// has been written (one writer, one consistent cut of the queue per write). The gateway
+/// finishes a request's line when it has handed over the response's last byte, which can be
+/// after the client read it: the tests wait for each earlier request's own line as well.
 async fn sentinel(gateway: &Gateway, certs: &Certs) -> String {
     let response = https_client(&certs.ca_pem, HttpVersion::Http2)
         .get(format!("{}/__test/echo?sentinel", gateway.base_url()))
@@ -202,6 +204,9 @@ async fn every_request_is_logged_once_to_stdout() {
     let last = sentinel(&gateway, &certs).await;
     let seen = gateway.wait_for_access_log(|l| l["request_id"] == last.as_str(), LOG_WAIT).await;
     assert!(seen.is_some(), "sentinel line missing:\n{}", gateway.stdout_text());
+    for e in &expected {
+        gateway.wait_for_access_log(|l| l["request_id"] == e.request_id.as_str(), LOG_WAIT).await;
+    }
 
     let raw = gateway.stdout_text();
     for line in raw.lines().filter(|l| !l.trim().is_empty()) {
@@ -229,6 +234,9 @@ async fn every_request_is_logged_once_to_a_file() {
     let expected = request_mix(&gateway, &certs).await;
     let last = sentinel(&gateway, &certs).await;
     wait_for_file_line(&path, &last).await;
+    for e in &expected {
+        wait_for_file_line(&path, &e.request_id).await;
+    }
 
     let raw = std::fs::read_to_string(&path).expect("read access log");
     for line in raw.lines().filter(|l| !l.trim().is_empty()) {
