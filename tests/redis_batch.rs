@@ -330,3 +330,42 @@ async fn batches_fall_back_to_local_limits_while_redis_is_stopped() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_batches_share_a_call_and_admit_exactly_the_limit() {
+    let redis = Redis::start();
+    let proxy = CountingProxy::new(redis.port).await;
+    let tracker = tracker(&proxy.url, Duration::from_millis(500)).await;
+    let (ip, key) = fresh_subjects();
+    let checks = [
+        LimitCheck::new("ip", Subject::Ip(ip), per_min(1000)),
+        LimitCheck::new("key", Subject::Key(&key), per_min(10)),
+    ];
+    // Loads the script and this runtime's connection, outside the count.
+    let (warm_ip, warm_key) = fresh_subjects();
+    let warm = [LimitCheck::new("key", Subject::Key(&warm_key), per_min(1000))];
+    tracker.check_batch(Some(warm_ip), &warm).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tracker.check_batch(Some(warm_ip), &warm).await;
+
+    // 40 requests of one worker at once: they are queued together behind one call.
+    let trips = proxy.round_trips();
+    let outcomes =
+        futures_util::future::join_all((0..40).map(|_| tracker.check_batch(Some(ip), &checks))).await;
+    let used = proxy.round_trips() - trips;
+    assert!((1..=2).contains(&used), "40 concurrent batches took {used} round trips");
+
+    // Judged one after another, in order: exactly the key's 10, remaining 9 down to 0, then
+    // refusals by the key bucket (the second check) with the per-IP bucket charged.
+    let admitted: Vec<u32> =
+        outcomes.iter().filter(|o| o.admitted()).map(|o| o.decisions()[1].remaining).collect();
+    assert_eq!(admitted, (0..10).rev().collect::<Vec<_>>());
+    for refused in outcomes.iter().filter(|o| !o.admitted()) {
+        let (which, decision) = refused.refused().expect("refused by a limit");
+        assert_eq!((which, decision.retry_after_secs()), (1, Some(6)));
+    }
+    assert!(outcomes[..10].iter().all(BatchOutcome::admitted), "the first ten queued are the ones admitted");
+    // Every batch charged the per-IP bucket, this one too.
+    let after = tracker.check_batch(Some(ip), &checks[..1]).await;
+    assert_eq!(after.decisions()[0].remaining, 1000 - 41);
+}

@@ -15,6 +15,7 @@
 
 pub mod batch;
 mod gcra;
+mod group;
 mod local;
 mod lockout;
 mod redis;

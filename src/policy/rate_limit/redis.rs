@@ -14,6 +14,7 @@ use arc_swap::ArcSwapOption;
 
 use super::batch::{BatchOutcome, LimitCheck};
 use super::gcra::Gcra;
+use super::group::{self, Batch, GROUP_LUA};
 use super::{nanos, Clock, Decision, LocalLimiter, Subject};
 use crate::config::Rate;
 
@@ -40,49 +41,6 @@ end
 local new_tat = tat + t
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
 return {1, math.floor((now + tau + t - new_tat) / t), 0, new_tat - now}
-"#;
-
-/// The batch of `batch.rs` in one call: an optional lockout probe (`PTTL` of `KEYS[1]` when
-/// `ARGV[1]` is `1`) then the GCRA of `GCRA_LUA` for every remaining key, in order, at one
-/// `TIME` reading, stopping after the first refusal. ARGV after the flag: `t, burst` per
-/// bucket key. Reply: `{lock}` when the lock key is live (its PTTL: ms left, or -1 for a key
-/// without expiry) — nothing charged; otherwise `{-2, allowed, remaining, retry_after_us,
-/// reset_after_us, …}` with four fields per bucket checked.
-const BATCH_LUA: &str = r#"
-if redis.replicate_commands then redis.replicate_commands() end
-local first = 1
-if ARGV[1] == '1' then
-  local pttl = redis.call('PTTL', KEYS[1])
-  if pttl == -1 or pttl > 0 then return {pttl} end
-  first = 2
-end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local out = {-2}
-local a = 2
-for i = first, #KEYS do
-  local t = tonumber(ARGV[a])
-  local burst = tonumber(ARGV[a + 1])
-  a = a + 2
-  local tau = t * (burst - 1)
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  local allow_at = tat - tau
-  if now < allow_at then
-    out[#out + 1] = 0
-    out[#out + 1] = 0
-    out[#out + 1] = allow_at - now
-    out[#out + 1] = tat - now
-    return out
-  end
-  local new_tat = tat + t
-  redis.call('SET', KEYS[i], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
-  out[#out + 1] = 1
-  out[#out + 1] = math.floor((now + tau + t - new_tat) / t)
-  out[#out + 1] = 0
-  out[#out + 1] = new_tat - now
-end
-return out
 "#;
 
 /// What Redis answered to a batch.
@@ -149,6 +107,11 @@ impl RedisLink {
 
     pub(crate) fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Acquire)
+    }
+
+    /// Tells this link from the others of the process (per-thread state is kept by it).
+    pub(super) fn id(&self) -> u64 {
+        self.id
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -347,7 +310,8 @@ pub struct RedisLimiter {
     link: Arc<RedisLink>,
     local: LocalLimiter,
     script: Script,
-    batch_script: Script,
+    /// Batches, one request's or a worker's group of them (`group.rs`).
+    group_script: Script,
 }
 
 impl RedisLimiter {
@@ -355,7 +319,7 @@ impl RedisLimiter {
     pub async fn connect(url: &str, timeout: Duration, clock: Arc<dyn Clock>) -> RedisResult<Self> {
         let link = RedisLink::connect(url, timeout, clock.clone()).await?;
         let local = LocalLimiter::with_clock(clock, super::local::DEFAULT_MAX_SUBJECTS);
-        Ok(RedisLimiter { link, local, script: Script::new(GCRA_LUA), batch_script: Script::new(BATCH_LUA) })
+        Ok(RedisLimiter { link, local, script: Script::new(GCRA_LUA), group_script: Script::new(GROUP_LUA) })
     }
 
     /// Counts one request in Redis, or locally when Redis does not answer. Never fails.
@@ -396,7 +360,8 @@ impl RedisLimiter {
 
     /// The batch in Redis, with the lockout probe of `lock_key` first when given; `None` when
     /// Redis did not answer (the caller decides locally). No round trip when there is nothing
-    /// to ask.
+    /// to ask; on a proxy worker the batch shares its script call with the batches of the
+    /// worker's other requests queued behind the call in flight (`group.rs`).
     pub(crate) async fn shared_batch(
         &self,
         lock_key: Option<&str>,
@@ -406,18 +371,13 @@ impl RedisLimiter {
             return Some(SharedBatch::Decided(BatchOutcome::for_checks(0)));
         }
         let gcras: Vec<Gcra> = checks.iter().map(|c| Gcra::new(&c.rate, Duration::from_micros(1))).collect();
-        let mut invocation = self.batch_script.prepare_invoke();
-        invocation.arg(u8::from(lock_key.is_some()));
-        if let Some(key) = lock_key {
-            invocation.key(key);
-        }
-        for (c, gcra) in checks.iter().zip(&gcras) {
-            invocation.key(bucket_key(c.scope, c.subject.canonical()));
-            invocation.arg(gcra.interval()).arg(gcra.burst());
-        }
-        let invocation = &invocation;
-        let reply: Vec<i64> =
-            self.link.run(false, |mut conn| async move { invocation.invoke_async(&mut conn).await }).await?;
+        let buckets = checks
+            .iter()
+            .zip(&gcras)
+            .map(|(c, gcra)| (bucket_key(c.scope, c.subject.canonical()), gcra.interval(), gcra.burst()))
+            .collect();
+        let batch = Batch { lock_key: lock_key.map(str::to_owned), buckets };
+        let reply = group::decide(&self.link, &self.group_script, batch).await?;
         parse_batch(&reply, &gcras)
     }
 
@@ -440,7 +400,7 @@ fn bucket_key(scope: &str, subject: Subject<'_>) -> String {
     format!("fgw:rl:{scope}:{subject}")
 }
 
-/// Reads a `BATCH_LUA` reply; `None` (decide locally) when it is not one.
+/// Reads one batch's answer (`group::GROUP_LUA`); `None` (decide locally) when it is not one.
 fn parse_batch(reply: &[i64], gcras: &[Gcra]) -> Option<SharedBatch> {
     let (&head, fields) = reply.split_first()?;
     if head != -2 {
