@@ -119,6 +119,7 @@ class Lineup:
         self.targets = {}  # name -> dict(h1=url, h2=url or None, pids=callable)
         self.backend_pids = lambda: []
         self.extra = {}  # other processes whose CPU is reported (redis-server)
+        self.counters = {}  # name → a function returning a running count (Redis script calls)
         self.admin_ports = {}
 
     # ---- processes -------------------------------------------------------------------------
@@ -305,6 +306,7 @@ level = "warn"
             )
             wait_port(rport, "redis-server")
             self.extra["redis-server"] = lambda: [r.pid]
+            self.counters["redis_calls"] = lambda: redis_script_calls(rport)
             for name, url in (("gw-local", None), ("gw-redis", f"redis://127.0.0.1:{rport}/0")):
                 port, pids = self.gateway(name, backend, url)
                 self.targets[name] = self.https(port, pids)
@@ -407,6 +409,7 @@ def measure(lineup, name, proto, conns, seconds):
     everything = pids + lineup.backend_pids() + [p for ps in extras.values() for p in ps]
     everything = list(dict.fromkeys(everything))
     before, extra0 = cpu_ticks(pids), {k: cpu_ticks(ps) for k, ps in extras.items()}
+    counts0 = {k: f() for k, f in lineup.counters.items()}
     all0, kids0, (busy0, _) = cpu_ticks(everything), child_cpu_ticks(), busy_jiffies()
     if proto == "h1":
         r = run_wrk(t["h1"], conns, seconds)
@@ -414,6 +417,8 @@ def measure(lineup, name, proto, conns, seconds):
         r = run_h2load(t["h2"], conns, seconds, lineup.args.streams, lineup.work)
     all1, kids1, (busy1, _) = cpu_ticks(everything), child_cpu_ticks(), busy_jiffies()
     after, extra1 = cpu_ticks(pids), {k: cpu_ticks(ps) for k, ps in extras.items()}
+    for k, f in lineup.counters.items():
+        r[k + "_per_req"] = (f() - counts0[k]) / max(1, r["reqs"])
     per_req = lambda ticks: ticks * TICK_US / max(1, r["reqs"])
     r["cpu_us"] = per_req(after - before)
     for k in extras:
@@ -421,6 +426,17 @@ def measure(lineup, name, proto, conns, seconds):
     ours = (all1 - all0) + (kids1 - kids0)
     r["other_cores"] = max(0.0, (busy1 - busy0) - ours) * TICK_US / 1e6 / seconds
     return r
+
+
+def redis_script_calls(port):
+    """Script calls (EVALSHA, EVAL) redis-server has run so far: `INFO commandstats`."""
+    out = subprocess.run(["redis-cli", "-p", str(port), "INFO", "commandstats"],
+                         capture_output=True, text=True, check=True).stdout
+    calls = 0
+    for line in out.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            calls += int(line.split("calls=")[1].split(",")[0])
+    return calls
 
 
 def span(values, fmt="{:.0f}"):
@@ -648,6 +664,9 @@ def report_ratios(lineup, rounds, runnable, args):
         values = [rd["gw-redis"]["redis-server_us"] for rd in rounds if "gw-redis" in rd]
         print(f"  {'redis-server CPU µs/req (gw-redis runs)':<40} {span(values)}")
         out.append(f"redis-server CPU µs/req {span(values)}")
+        calls = [rd["gw-redis"].get("redis_calls_per_req") for rd in rounds if "gw-redis" in rd]
+        print(f"  {'Redis script calls per request':<40} {span(calls, '{:.2f}')}")
+        out.append(f"Redis script calls per request {span(calls, '{:.2f}')}")
     return out
 
 

@@ -32,38 +32,56 @@ const MAX_GROUP: usize = 64;
 
 /// The group-commit script: `ARGV[1]` batches, each `lock_flag, n` in ARGV followed by `t,
 /// burst` per bucket, its keys in order in KEYS (the lock key first when the flag is `1`).
-/// Every batch is judged as `BATCH` below, at one `TIME` reading; the reply is, per batch, the
-/// number of fields then the fields: `{pttl}` when its lock key is live (nothing charged),
-/// else `{-2, allowed, remaining, retry_after_us, reset_after_us, …}` for each bucket checked,
-/// stopping after the first refusal. The GCRA is the one of `gcra.rs`, in µs of Redis' clock.
-/// `replicate_commands` lets Redis < 5 write after `TIME` (a no-op on newer servers).
+/// Every batch is judged as `batch.rs` says, one after another at one `TIME` reading; the
+/// reply is, per batch, the number of fields then the fields: `{pttl}` when its lock key is
+/// live (nothing charged), else `{-2, allowed, remaining, retry_after_us, reset_after_us, …}`
+/// for each bucket checked, stopping after the first refusal. The GCRA is the one of
+/// `gcra.rs`, in µs of Redis' clock; a bucket's key expires when the bucket would be full.
+///
+/// Redis' cost is in its commands, not in the Lua arithmetic, so each key is read once (one
+/// `MGET` for the whole group) and written once (its last TAT), however many batches of the
+/// group touch it; `PTTL` only for a lock key that exists. `replicate_commands` lets Redis < 5
+/// write after `TIME` (a no-op on newer servers).
 pub(super) const GROUP_LUA: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local index, unique = {}, {}
+for _, key in ipairs(KEYS) do
+  if not index[key] then
+    unique[#unique + 1] = key
+    index[key] = #unique
+  end
+end
+local stored = redis.call('MGET', unpack(unique))
+local tat, changed = {}, {}
 local function batch(k, a, lock, n)
   if lock then
-    local pttl = redis.call('PTTL', KEYS[k])
-    if pttl == -1 or pttl > 0 then return {pttl} end
+    if stored[index[KEYS[k]]] then
+      local pttl = redis.call('PTTL', KEYS[k])
+      if pttl == -1 or pttl > 0 then return {pttl} end
+    end
     k = k + 1
   end
   local fields = {-2}
   for i = 0, n - 1 do
+    local key = KEYS[k + i]
     local t = tonumber(ARGV[a + 2 * i])
     local burst = tonumber(ARGV[a + 2 * i + 1])
     local tau = t * (burst - 1)
-    local tat = tonumber(redis.call('GET', KEYS[k + i])) or now
-    if tat < now then tat = now end
-    local allow_at = tat - tau
+    local current = tat[key] or tonumber(stored[index[key]]) or now
+    if current < now then current = now end
+    local allow_at = current - tau
     if now < allow_at then
       fields[#fields + 1] = 0
       fields[#fields + 1] = 0
       fields[#fields + 1] = allow_at - now
-      fields[#fields + 1] = tat - now
+      fields[#fields + 1] = current - now
       return fields
     end
-    local new_tat = tat + t
-    redis.call('SET', KEYS[k + i], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+    local new_tat = current + t
+    if not tat[key] then changed[#changed + 1] = key end
+    tat[key] = new_tat
     fields[#fields + 1] = 1
     fields[#fields + 1] = math.floor((now + tau + t - new_tat) / t)
     fields[#fields + 1] = 0
@@ -83,6 +101,9 @@ for _ = 1, tonumber(ARGV[1]) do
   if lock then k = k + 1 end
   k = k + n
   a = a + 2 * n
+end
+for _, key in ipairs(changed) do
+  redis.call('SET', key, string.format('%.0f', tat[key]), 'PX', math.ceil((tat[key] - now) / 1000))
 end
 return out
 "#;
