@@ -307,8 +307,12 @@ level = "warn"
             wait_port(rport, "redis-server")
             self.extra["redis-server"] = lambda: [r.pid]
             self.counters["redis_calls"] = lambda: redis_script_calls(rport)
-            for name, url in (("gw-local", None), ("gw-redis", f"redis://127.0.0.1:{rport}/0")):
-                port, pids = self.gateway(name, backend, url)
+            url = f"redis://127.0.0.1:{rport}/0"
+            gateways = [("gw-local", None, None), ("gw-redis", url, None)]
+            if a.baseline_bin:
+                gateways.append(("gw-redis-base", url, a.baseline_bin))
+            for name, redis_url, binary in gateways:
+                port, pids = self.gateway(name, backend, redis_url, binary=binary)
                 self.targets[name] = self.https(port, pids)
         else:
             self.targets["direct"] = self.direct
@@ -630,6 +634,11 @@ def report_ratios(lineup, rounds, runnable, args):
             ("added p99 redis − local, ms", ratio(rounds, "gw-redis", "gw-local", "p99", lambda x, y: x - y),
              "{:+.2f}"),
         ]
+        if args.baseline_bin:
+            pairs += [
+                ("throughput redis-base / local", ratio(rounds, "gw-redis-base", "gw-local", "rps"), "{:.2f}"),
+                ("CPU µs/req redis-base / local", ratio(rounds, "gw-redis-base", "gw-local", "cpu_us"), "{:.2f}"),
+            ]
     else:
         pairs = [
             ("throughput gateway / nginx-tls", ratio(rounds, "gateway", "nginx-tls", "rps"), "{:.2f}"),
@@ -661,12 +670,15 @@ def report_ratios(lineup, rounds, runnable, args):
             out.append(f"{label} {span(values, fmt)}")
     if args.redis:
         # redis-server's own CPU per request while the Redis-backed gateway ran.
-        values = [rd["gw-redis"]["redis-server_us"] for rd in rounds if "gw-redis" in rd]
-        print(f"  {'redis-server CPU µs/req (gw-redis runs)':<40} {span(values)}")
-        out.append(f"redis-server CPU µs/req {span(values)}")
-        calls = [rd["gw-redis"].get("redis_calls_per_req") for rd in rounds if "gw-redis" in rd]
-        print(f"  {'Redis script calls per request':<40} {span(calls, '{:.2f}')}")
-        out.append(f"Redis script calls per request {span(calls, '{:.2f}')}")
+        for name in ("gw-redis", "gw-redis-base"):
+            if not any(name in rd for rd in rounds):
+                continue
+            values = [rd[name]["redis-server_us"] for rd in rounds if name in rd]
+            print(f"  {f'redis-server CPU µs/req ({name} runs)':<40} {span(values)}")
+            out.append(f"redis-server CPU µs/req ({name}) {span(values)}")
+            calls = [rd[name].get("redis_calls_per_req") for rd in rounds if name in rd]
+            print(f"  {f'Redis script calls per request ({name})':<40} {span(calls, '{:.2f}')}")
+            out.append(f"Redis script calls per request ({name}) {span(calls, '{:.2f}')}")
     return out
 
 
