@@ -286,16 +286,51 @@ pub(crate) struct KeyLabel<'a> {
     pub full: bool,
 }
 
+impl<'a> KeyLabel<'a> {
+    /// The short form's parts: the key's first six characters and its fingerprint in hex.
+    pub(crate) fn short_parts(&self) -> (&'a str, [u8; 8]) {
+        let prefix = self.key.char_indices().nth(6).map_or(self.key, |(i, _)| &self.key[..i]);
+        (prefix, fingerprint(self.key))
+    }
+}
+
 impl std::fmt::Display for KeyLabel<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use sha2::Digest;
         if self.full {
             return f.write_str(self.key);
         }
-        let prefix = self.key.char_indices().nth(6).map_or(self.key, |(i, _)| &self.key[..i]);
-        let digest = sha2::Sha256::digest(self.key.as_bytes());
-        write!(f, "{prefix}…#{:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
+        let (prefix, hex) = self.short_parts();
+        f.write_str(prefix)?;
+        f.write_str("…#")?;
+        f.write_str(std::str::from_utf8(&hex).expect("hex digits"))
     }
+}
+
+/// The first four bytes of the key's SHA-256, in hex. Each thread remembers the keys it
+/// fingerprinted last (a slot per hash of the key, checked against the whole key): the same
+/// keys come back request after request, and a SHA-256 per log line was a measurable part of
+/// writing it (benches/RESULTS.md).
+fn fingerprint(key: &str) -> [u8; 8] {
+    const SLOTS: usize = 64;
+    type Memo = [Option<(Box<str>, [u8; 8])>; SLOTS];
+    thread_local! {
+        static MEMO: std::cell::RefCell<Memo> = std::cell::RefCell::new(std::array::from_fn(|_| None));
+    }
+    let slot = key.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b))) % SLOTS;
+    MEMO.with_borrow_mut(|memo| match &memo[slot] {
+        Some((known, hex)) if **known == *key => *hex,
+        _ => {
+            use sha2::Digest;
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let digest = sha2::Sha256::digest(key.as_bytes());
+            let hex = std::array::from_fn(|i| {
+                let byte = digest[i / 2];
+                HEX[usize::from(if i % 2 == 0 { byte >> 4 } else { byte & 15 })]
+            });
+            memo[slot] = Some((key.into(), hex));
+            hex
+        }
+    })
 }
 
 /// `path?key1&key2`: the query's keys survive for debugging, its values never reach the log
@@ -323,5 +358,21 @@ mod tests {
         assert_eq!(label.chars().count(), "012345…#".chars().count() + 8);
         assert_ne!(short("0123456789abcdef"), short("0123456789abcdeX"));
         assert_eq!(KeyLabel { key: "0123456789abcdef", full: true }.to_string(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn fingerprints_are_sha256_prefixes_whatever_the_memo_holds() {
+        use sha2::Digest;
+        let expected = |key: &str| {
+            let d = sha2::Sha256::digest(key.as_bytes());
+            format!("{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+        };
+        // More keys than slots, twice over: hits, misses and slots taken over by other keys.
+        let keys: Vec<String> = (0..200).map(|i| format!("{i:015x}")).collect();
+        for _ in 0..2 {
+            for key in &keys {
+                assert_eq!(std::str::from_utf8(&fingerprint(key)).unwrap(), expected(key), "{key}");
+            }
+        }
     }
 }

@@ -157,14 +157,11 @@ fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
-/// The address as a header value, formatted on the stack (one allocation, not two).
+/// The address as a header value (one allocation: the header takes the text's buffer).
 fn ip_header(ip: IpAddr) -> HeaderValue {
-    use std::io::Write;
-    let mut text = [0u8; 45]; // the longest IPv6 form
-    let mut cursor = std::io::Cursor::new(&mut text[..]);
-    write!(cursor, "{ip}").expect("an IP address fits in 45 bytes");
-    let len = cursor.position() as usize;
-    HeaderValue::from_bytes(&text[..len]).expect("an IP address is a valid header value")
+    let mut text = Vec::with_capacity(15);
+    crate::policy::push_ip_text(&mut text, ip);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).expect("an IP address is a valid header value")
 }
 
 /// HTTP/2 sends cookies as separate crumbs; HTTP/1.1 needs one `Cookie` line joined by

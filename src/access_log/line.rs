@@ -4,7 +4,6 @@
 //! (benches/RESULTS.md: serde's per-field work was most of the line's cost).
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,20 +97,8 @@ impl Line<'_> {
 
     fn ip(&mut self, key: &'static str, ip: IpAddr) {
         self.key(key);
-        quoted(self.out, |out| match ip {
-            // The usual case, digit by digit (`Display` goes through the formatter's padding).
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b'.');
-                    }
-                    out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
-                }
-            }
-            IpAddr::V6(v6) => {
-                let _ = write!(Escaped(out), "{v6}");
-            }
-        });
+        // An address's text needs no escaping.
+        quoted(self.out, |out| crate::policy::push_ip_text(out, ip));
     }
 
     /// Milliseconds with up to three decimals, as the shortest JSON number (`12.0`, `0.05`).
@@ -195,18 +182,14 @@ fn loggable_path(out: &mut Vec<u8>, path: LoggablePath<'_>) {
 
 fn key_label(out: &mut Vec<u8>, key: KeyLabel<'_>) {
     quoted(out, |out| {
-        let _ = write!(Escaped(out), "{key}");
+        if key.full {
+            return escape(out, key.key);
+        }
+        let (prefix, hex) = key.short_parts();
+        escape(out, prefix);
+        out.extend_from_slice("…#".as_bytes());
+        out.extend_from_slice(&hex);
     });
-}
-
-/// Formats a `Display` value straight into the line, escaped.
-struct Escaped<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Escaped<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        escape(self.0, text);
-        Ok(())
-    }
 }
 
 thread_local! {

@@ -13,6 +13,7 @@ pub mod restrict_ip;
 
 pub use allowlist::{Denied, IpPolicy, IpSet};
 pub use call_rules::{check_call, CallDenied};
+pub(crate) use client_ip::push_ip_text;
 pub use client_ip::ClientIpResolver;
 pub use rate_limit::{
     Clock, Decision, FailedAuthTracker, LocalLimiter, ManualClock, MonotonicClock, RateLimiter, RedisLimiter,
