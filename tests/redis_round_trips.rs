@@ -1,5 +1,6 @@
-//! Issue 10, target 7: on `rate_limit.backend = "redis"` a request with a cached key makes one
-//! Redis round trip — the failed-auth lockout, per-IP and per-key decided in one script call —
+//! Issue 10, target 7: on `rate_limit.backend = "redis"` a request with a cached key makes at
+//! most one Redis round trip — the failed-auth lockout, per-IP and per-key decided in one
+//! script call, which a worker's concurrent requests share —
 //! counted by redis-server itself (`MONITOR`, which tells a client's commands from those its
 //! scripts run). The refusals of that combined call name the limit that refused, and a
 //! locked-out IP charges nothing. Needs `redis-server`.
@@ -276,4 +277,46 @@ async fn each_worker_calls_redis_on_its_own_connection() {
     for source in &sources {
         assert!(!before.contains(source), "{source} is a connection the gateway had before traffic");
     }
+}
+
+/// Requests of one worker that arrive together share a script call (`group.rs`), and the
+/// limit stays exact: 30 concurrent requests over one HTTP/2 connection (one worker) against a
+/// per-key limit with 9 left admit exactly 9, and Redis sees fewer script calls than requests.
+#[tokio::test]
+async fn concurrent_requests_share_script_calls_and_the_limit_stays_exact() {
+    let redis = Redis::start();
+    let frappe = FakeFrappe::start().await;
+    frappe.add_user(USER, KEY, SECRET);
+    let certs = Certs::generate();
+    let config = redis_config(&frappe, &certs)
+        .set("rate_limit", "per_ip = \"100000/min\"")
+        .set("rate_limit", "per_key = \"10/min\"")
+        .build();
+    let url = redis.url();
+    let gateway = Gateway::start(&config, &[("FGW_TEST_REDIS", url.as_str())]).await;
+    let client = https_client(&certs.ca_pem, HttpVersion::Http2);
+    let get = || {
+        client
+            .get(format!("{}/api/resource/ToDo", gateway.base_url()))
+            .header("authorization", token_header(KEY, SECRET))
+            .send()
+    };
+    // Verifies the key (and spends 1 of the 10) and opens the one HTTP/2 connection.
+    let first = get().await.unwrap();
+    assert_eq!((first.status().as_u16(), first.version()), (200, reqwest::Version::HTTP_2));
+
+    const REQUESTS: usize = 30;
+    let mut statuses = Vec::new();
+    let traffic = async {
+        let answers = futures_util::future::join_all((0..REQUESTS).map(|_| get())).await;
+        statuses = answers.into_iter().map(|a| a.unwrap().status().as_u16()).collect();
+    };
+    let calls = Setup::monitored(&redis, traffic).await;
+    let scripts = calls.iter().filter(|(_, c)| c == "evalsha").count();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 9, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), REQUESTS - 9, "{statuses:?}");
+    assert!(
+        (1..REQUESTS).contains(&scripts),
+        "{REQUESTS} concurrent requests made {scripts} script calls: {calls:?}"
+    );
 }
