@@ -38,6 +38,11 @@ fn redis_config(frappe: &FakeFrappe, certs: &Certs) -> ConfigBuilder {
 }
 
 async fn setup(redis: &Redis, limits: &[&str]) -> Setup {
+    setup_over(redis, limits, HttpVersion::Http1Only).await
+}
+
+/// [`setup`] with a client that offers `version`.
+async fn setup_over(redis: &Redis, limits: &[&str], version: HttpVersion) -> Setup {
     let frappe = FakeFrappe::start().await;
     frappe.add_user(USER, KEY, SECRET);
     let certs = Certs::generate();
@@ -47,7 +52,7 @@ async fn setup(redis: &Redis, limits: &[&str]) -> Setup {
     }
     let url = redis.url();
     let gateway = Gateway::start(&builder.build(), &[("FGW_TEST_REDIS", url.as_str())]).await;
-    let client = https_client(&certs.ca_pem, HttpVersion::Http1Only);
+    let client = https_client(&certs.ca_pem, version);
     Setup { _frappe: frappe, gateway, client, redis: redis.admin().await }
 }
 
@@ -285,31 +290,17 @@ async fn each_worker_calls_redis_on_its_own_connection() {
 #[tokio::test]
 async fn concurrent_requests_share_script_calls_and_the_limit_stays_exact() {
     let redis = Redis::start();
-    let frappe = FakeFrappe::start().await;
-    frappe.add_user(USER, KEY, SECRET);
-    let certs = Certs::generate();
-    let config = redis_config(&frappe, &certs)
-        .set("rate_limit", "per_ip = \"100000/min\"")
-        .set("rate_limit", "per_key = \"10/min\"")
-        .build();
-    let url = redis.url();
-    let gateway = Gateway::start(&config, &[("FGW_TEST_REDIS", url.as_str())]).await;
-    let client = https_client(&certs.ca_pem, HttpVersion::Http2);
-    let get = || {
-        client
-            .get(format!("{}/api/resource/ToDo", gateway.base_url()))
-            .header("authorization", token_header(KEY, SECRET))
-            .send()
-    };
+    let s =
+        setup_over(&redis, &["per_ip = \"100000/min\"", "per_key = \"10/min\""], HttpVersion::Http2).await;
     // Verifies the key (and spends 1 of the 10) and opens the one HTTP/2 connection.
-    let first = get().await.unwrap();
+    let first = s.get(SECRET).await;
     assert_eq!((first.status().as_u16(), first.version()), (200, reqwest::Version::HTTP_2));
 
     const REQUESTS: usize = 30;
     let mut statuses = Vec::new();
     let traffic = async {
-        let answers = futures_util::future::join_all((0..REQUESTS).map(|_| get())).await;
-        statuses = answers.into_iter().map(|a| a.unwrap().status().as_u16()).collect();
+        let answers = futures_util::future::join_all((0..REQUESTS).map(|_| s.get(SECRET))).await;
+        statuses = answers.into_iter().map(|a| a.status().as_u16()).collect();
     };
     let calls = Setup::monitored(&redis, traffic).await;
     let scripts = calls.iter().filter(|(_, c)| c == "evalsha").count();

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use ::redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
-use super::redis::RedisLink;
+use super::redis::{on_proxy_worker, RedisLink};
 
 /// At most this many batches in one script call (bounds the script's run time in Redis, which
 /// runs nothing else meanwhile); more wait for the next call.
@@ -132,35 +132,33 @@ thread_local! {
 /// workers. The answer is the batch's own fields (see [`GROUP_LUA`]); `None` when Redis did
 /// not answer (degraded and not this call's turn to probe, an error, a timeout).
 pub(super) async fn decide(link: &Arc<RedisLink>, script: &Script, batch: Batch) -> Option<Vec<i64>> {
-    let Some(queue) = worker_queue(link, script) else {
-        return call(link, script, std::iter::once(&batch)).await?.pop();
-    };
     let (answer, answered) = oneshot::channel();
-    match queue.send(Queued { batch, answer }) {
+    match enqueue(link, script, Queued { batch, answer }) {
         Ok(()) => answered.await.ok().flatten(),
-        // The worker's task is gone (its runtime is shutting down): alone, then.
-        Err(mpsc::error::SendError(queued)) => {
-            call(link, script, std::iter::once(&queued.batch)).await?.pop()
-        }
+        // Off the workers, or the worker's task is gone (its runtime is shutting down).
+        Err(queued) => call(link, script, std::iter::once(&queued.batch)).await?.pop(),
     }
 }
 
-/// This proxy worker's queue for `link`, its grouping task started on first use. `None` off
-/// the proxy workers (which run current-thread runtimes, one per thread).
-fn worker_queue(link: &Arc<RedisLink>, script: &Script) -> Option<mpsc::UnboundedSender<Queued>> {
-    let runtime = tokio::runtime::Handle::try_current().ok()?;
-    if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
-        return None;
+/// Puts `queued` in this proxy worker's queue for `link`, starting the worker's grouping task
+/// on first use; gives it back off the proxy workers.
+fn enqueue(link: &Arc<RedisLink>, script: &Script, queued: Queued) -> Result<(), Queued> {
+    if !on_proxy_worker() {
+        return Err(queued);
     }
     QUEUES.with_borrow_mut(|queues| {
-        if let Some((_, queue)) = queues.iter().find(|(id, queue)| *id == link.id() && !queue.is_closed()) {
-            return Some(queue.clone());
-        }
-        queues.retain(|(id, _)| *id != link.id());
-        let (queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(run_groups(link.clone(), script.clone(), queued));
-        queues.push((link.id(), queue.clone()));
-        Some(queue)
+        let live = queues.iter().position(|(id, queue)| *id == link.id() && !queue.is_closed());
+        let at = match live {
+            Some(at) => at,
+            None => {
+                queues.retain(|(id, _)| *id != link.id());
+                let (queue, receiver) = mpsc::unbounded_channel();
+                tokio::spawn(run_groups(link.clone(), script.clone(), receiver));
+                queues.push((link.id(), queue));
+                queues.len() - 1
+            }
+        };
+        queues[at].1.send(queued).map_err(|mpsc::error::SendError(queued)| queued)
     })
 }
 

@@ -219,8 +219,7 @@ impl RedisLink {
     /// worker starts connecting in the background (again at most every [`PROBE_INTERVAL`]
     /// after a failure), so no request waits for it.
     fn worker_connection(self: &Arc<Self>) -> Option<ConnectionManager> {
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        if !on_proxy_worker() {
             return None;
         }
         WORKER_CONNECTIONS.with_borrow_mut(|slots| {
@@ -274,6 +273,13 @@ impl RedisLink {
     fn connect_budget(&self) -> Duration {
         (self.timeout * 20).clamp(Duration::from_millis(500), Duration::from_secs(3))
     }
+}
+
+/// True on a proxy worker's thread: a current-thread runtime, one per thread, whose tasks all
+/// run here (so per-thread state such as its Redis connection serves them all).
+pub(super) fn on_proxy_worker() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
 }
 
 /// A proxy worker's own connection to one link's Redis (see [`RedisLink::worker_connection`]).
