@@ -36,11 +36,6 @@ impl Gcra {
         self.burst
     }
 
-    /// Time for an empty bucket to fill completely (`tau + t`): idle state is forgettable after it.
-    pub(crate) fn full_refill(&self) -> Duration {
-        self.duration(self.tau.saturating_add(self.t))
-    }
-
     /// Decides one request at `now` against the stored `tat` (0 = never seen). Returns the
     /// decision and, when admitted, the new TAT to store (a refusal changes nothing).
     pub(crate) fn decide(&self, tat: u64, now: u64) -> (Decision, Option<u64>) {

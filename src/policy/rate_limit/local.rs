@@ -1,21 +1,24 @@
-//! The in-process limiter: one bounded moka table of GCRA cells per (scope, rate).
+//! The in-process limiter: one bounded table of GCRA buckets per (scope, rate).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use super::batch::{BatchOutcome, LimitCheck};
+use super::buckets::BucketTable;
 use super::gcra::Gcra;
-use super::{nanos, Clock, Decision, MonotonicClock, Subject, SubjectKey};
+use super::{nanos, Clock, Decision, MonotonicClock, Subject};
 use crate::config::Rate;
 
-/// Per-subject GCRA state: the theoretical arrival time, in clock nanoseconds (0 = fresh).
-type Cell = Arc<AtomicU64>;
-type Table = moka::sync::Cache<SubjectKey, Cell>;
+/// One (scope, rate): its arithmetic and its buckets.
+struct Table {
+    gcra: Gcra,
+    buckets: BucketTable,
+}
+
 /// scope → the tables of the rates used with it (usually one).
 type Tables = HashMap<Box<str>, Vec<(Rate, Arc<Table>)>>;
 
@@ -24,11 +27,11 @@ pub(super) const DEFAULT_MAX_SUBJECTS: u64 = 200_000;
 
 /// GCRA limits kept in this process (see the module docs for burst semantics).
 ///
-/// Memory is bounded twice: a subject idle long enough for its bucket to refill completely is
-/// forgotten (time-to-idle — forgetting it changes nothing), and each (scope, rate) table holds
-/// at most `max_subjects` subjects (TinyLFU: a flood of new subjects cannot push out the busy
-/// ones; an evicted subject simply starts fresh). A check is lock-free on the hot path: one
-/// hash lookup and a compare-and-swap.
+/// Memory is bounded twice: a subject whose bucket has refilled completely is forgotten when
+/// its shard is swept (forgetting it changes nothing), and each (scope, rate) table holds at
+/// most about `max_subjects` subjects. At that bound a new subject is decided as a fresh one
+/// without being remembered, so a flood of new subjects cannot push out the busy ones (it is
+/// logged once). A check is one uncontended lock of a shard and one hash lookup.
 pub struct LocalLimiter {
     clock: Arc<dyn Clock>,
     max_subjects: u64,
@@ -54,7 +57,7 @@ impl LocalLimiter {
     }
 
     /// Decides `checks` in order at one clock reading, stopping at the first refusal (see
-    /// [`batch`](super::batch) for the exact semantics). No I/O, no lock.
+    /// [`batch`](super::batch) for the exact semantics). No I/O.
     pub fn check_batch(&self, checks: &[LimitCheck<'_>]) -> BatchOutcome {
         let mut outcome = BatchOutcome::for_checks(checks.len());
         if checks.is_empty() {
@@ -70,7 +73,6 @@ impl LocalLimiter {
     }
 
     fn check_at(&self, scope: &str, subject: Subject<'_>, rate: &Rate, now: u64) -> Decision {
-        let subject = subject.canonical();
         // Borrowed from the loaded table set: cloning the table's `Arc` would write its
         // reference count, one cache line every worker's checks share.
         let tables = self.tables.load();
@@ -82,35 +84,23 @@ impl LocalLimiter {
                 &added
             }
         };
-        let cell = match table.get(&subject) {
-            Some(cell) => cell,
-            None => table.get_with(subject.to_key(), Cell::default),
-        };
-        let gcra = Gcra::new(rate, Duration::from_nanos(1));
-        let mut tat = cell.load(Ordering::Acquire);
-        loop {
-            let (decision, new_tat) = gcra.decide(tat, now);
-            let Some(new_tat) = new_tat else { return decision };
-            match cell.compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return decision,
-                // Another request of the same subject got in first: decide again on its TAT.
-                Err(current) => tat = current,
-            }
-        }
+        table.buckets.decide(subject, &table.gcra, now)
     }
 
     pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
 
-    /// Subjects currently remembered across all tables (approximate; for metrics and tests).
+    /// Subjects currently remembered across all tables (for metrics and tests).
     pub fn subject_count(&self) -> u64 {
-        self.tables.load().values().flatten().map(|(_, t)| t.entry_count()).sum()
+        let tables = self.tables.load();
+        tables.values().flatten().map(|(_, t)| t.buckets.len() as u64).sum()
     }
 
-    /// Runs pending evictions now (moka does this lazily during use).
-    pub fn run_pending_tasks(&self) {
-        self.tables.load().values().flatten().for_each(|(_, t)| t.run_pending_tasks());
+    /// Forgets every full bucket now (shards otherwise sweep themselves when they would grow).
+    pub fn sweep(&self) {
+        let now = nanos(self.clock.now());
+        self.tables.load().values().flatten().for_each(|(_, t)| t.buckets.sweep(now));
     }
 
     /// The table of (`scope`, `rate`), created unless a concurrent check just did.
@@ -120,9 +110,8 @@ impl LocalLimiter {
         if let Some(table) = find(&current, scope, rate) {
             return table.clone();
         }
-        let idle = Gcra::new(rate, Duration::from_nanos(1)).full_refill().max(Duration::from_secs(1));
-        let table =
-            Arc::new(moka::sync::Cache::builder().max_capacity(self.max_subjects).time_to_idle(idle).build());
+        let gcra = Gcra::new(rate, Duration::from_nanos(1));
+        let table = Arc::new(Table { gcra, buckets: BucketTable::new(self.max_subjects) });
         let mut next = (*current).clone();
         next.entry(scope.into()).or_default().push((*rate, table.clone()));
         self.tables.store(Arc::new(next));
@@ -267,15 +256,44 @@ mod tests {
     }
 
     #[test]
-    fn memory_stays_bounded() {
+    fn memory_stays_bounded_and_busy_subjects_keep_their_buckets() {
         let clock = Arc::new(ManualClock::new());
-        let limiter = LocalLimiter::with_clock(clock, 100);
+        // 32 shards of 4: at most 128 subjects remembered.
+        let limiter = LocalLimiter::with_clock(clock.clone(), 100);
         let rate = per_min(10);
-        for i in 0..5000u32 {
-            limiter.check("ip", Subject::Ip(IpAddr::from(i.to_be_bytes())), &rate);
+        let busy = Subject::Key("busy");
+        for _ in 0..10 {
+            assert!(limiter.check("ip", busy, &rate).allowed);
         }
-        limiter.run_pending_tasks();
-        assert!(limiter.subject_count() <= 110, "{}", limiter.subject_count());
+        // A flood of new subjects, none of whose buckets refills meanwhile.
+        for i in 0..5000u32 {
+            assert!(limiter.check("ip", Subject::Ip(IpAddr::from(i.to_be_bytes())), &rate).allowed);
+        }
+        let remembered = limiter.subject_count();
+        assert!((100..=128).contains(&remembered), "{remembered}");
+        assert!(!limiter.check("ip", busy, &rate).allowed, "the flood reset a busy subject");
+        // Once their buckets have refilled, the subjects are forgotten.
+        clock.advance(Duration::from_secs(61));
+        limiter.sweep();
+        assert_eq!(limiter.subject_count(), 0);
+        assert!(limiter.check("ip", busy, &rate).allowed);
+    }
+
+    #[test]
+    fn a_shard_forgets_full_buckets_before_it_grows() {
+        let clock = Arc::new(ManualClock::new());
+        let limiter = LocalLimiter::with_clock(clock.clone(), 1_000_000);
+        let rate = per_min(60);
+        // Waves of 2,000 one-off subjects, each wave after the previous one's buckets refilled:
+        // the table holds about one wave, not all of them.
+        for wave in 0..10u32 {
+            for i in 0..2000u32 {
+                limiter.check("ip", Subject::Ip(IpAddr::from((wave << 16 | i).to_be_bytes())), &rate);
+            }
+            clock.advance(Duration::from_secs(2));
+        }
+        let remembered = limiter.subject_count();
+        assert!(remembered < 2 * 2000 + 2000, "{remembered} subjects held after 10 waves of 2,000");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ pub struct FailedAuthTracker {
     rate: Option<Rate>,
     lockout: Duration,
     locks: moka::sync::Cache<IpAddr, Lock>,
+    /// The latest `until` of any lock this instance has held: from then on no IP is locked
+    /// locally, so the common check (no lockout anywhere) skips the cache lookup.
+    latest_until: AtomicU64,
+    /// A lock of ours may have ended without its end being logged yet.
+    ends_pending: AtomicBool,
     clock: Arc<dyn Clock>,
 }
 
@@ -57,7 +63,15 @@ impl FailedAuthTracker {
                 }
             })
             .build();
-        FailedAuthTracker { limiter, rate, lockout, locks, clock }
+        FailedAuthTracker {
+            limiter,
+            rate,
+            lockout,
+            locks,
+            latest_until: AtomicU64::new(0),
+            ends_pending: AtomicBool::new(false),
+            clock,
+        }
     }
 
     /// From `rate_limit.failed_auth_per_ip` and `rate_limit.lockout`.
@@ -91,7 +105,7 @@ impl FailedAuthTracker {
         }
         let ms = self.shared_ttl(ip).await?;
         let until = now + nanos(Duration::from_millis(ms));
-        self.locks.insert(ip, Lock { until, ours: false });
+        self.remember(ip, Lock { until, ours: false });
         Some(Duration::from_millis(ms))
     }
 
@@ -119,7 +133,7 @@ impl FailedAuthTracker {
             Some(SharedBatch::Decided(outcome)) => outcome,
             Some(SharedBatch::Locked(ms)) => {
                 let left = ms.map_or(self.lockout, Duration::from_millis);
-                self.locks.insert(ip, Lock { until: now + nanos(left), ours: false });
+                self.remember(ip, Lock { until: now + nanos(left), ours: false });
                 BatchOutcome::locked(left)
             }
             None => redis.local().check_batch(checks),
@@ -128,11 +142,31 @@ impl FailedAuthTracker {
 
     /// The remaining local lock, dropping (and logging the end of) an expired one.
     fn local_lock(&self, ip: IpAddr, now: u64) -> Option<Duration> {
+        if now >= self.latest_until.load(Ordering::Relaxed) {
+            self.end_expired_locks(now);
+            return None;
+        }
         let lock = self.locks.get(&ip)?;
         if lock.until > now {
             return Some(Duration::from_nanos(lock.until - now));
         }
-        // Remove only if still expired: a lock set meanwhile by another request must survive.
+        self.drop_if_expired(ip, now);
+        None
+    }
+
+    /// Once every lock has run out: drops them and logs the end of ours, if any is pending.
+    fn end_expired_locks(&self, now: u64) {
+        if !self.ends_pending.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        for (ip, _) in self.locks.iter() {
+            self.drop_if_expired(*ip, now);
+        }
+    }
+
+    /// Removes `ip`'s lock if it is still expired (a lock set meanwhile must survive), logging
+    /// its end when it was ours.
+    fn drop_if_expired(&self, ip: IpAddr, now: u64) {
         let result = self.locks.entry(ip).and_compute_with(|entry| match entry {
             Some(e) if e.value().until <= now => Op::Remove,
             _ => Op::Nop,
@@ -142,7 +176,20 @@ impl FailedAuthTracker {
                 log_end(ip);
             }
         }
-        None
+    }
+
+    /// Stores a lock learnt from Redis.
+    fn remember(&self, ip: IpAddr, lock: Lock) {
+        self.locks.insert(ip, lock);
+        self.note_lock(lock);
+    }
+
+    /// Keeps the fast path of [`local_lock`](Self::local_lock) honest about a lock just stored.
+    fn note_lock(&self, lock: Lock) {
+        self.latest_until.fetch_max(lock.until, Ordering::Relaxed);
+        if lock.ours {
+            self.ends_pending.store(true, Ordering::Relaxed);
+        }
     }
 
     async fn start(&self, ip: IpAddr) -> Duration {
@@ -157,6 +204,9 @@ impl FailedAuthTracker {
             Some(e) if e.value().until > now => Op::Nop,
             _ => Op::Put(lock),
         });
+        if matches!(result, CompResult::Inserted(_) | CompResult::ReplacedWith(_)) {
+            self.note_lock(lock);
+        }
         if ours && matches!(result, CompResult::Inserted(_) | CompResult::ReplacedWith(_)) {
             tracing::warn!(
                 client_ip = %ip,
@@ -271,6 +321,33 @@ mod tests {
         assert_eq!(logs.count("failed-auth lockout ended"), 1);
         // The failure bucket refilled meanwhile: a fresh allowance.
         assert_eq!(tracker.record_failure(attacker).await, None);
+    }
+
+    #[tokio::test]
+    async fn overlapping_locks_are_each_honoured_and_each_end_is_logged_once() {
+        let (logs, _guard) = test_redis::Logs::capture();
+        let (clock, tracker) = local_tracker(Some(per_min(1)));
+        let (first, second, bystander) = (ip("198.51.100.21"), ip("198.51.100.22"), ip("192.0.2.3"));
+        tracker.record_failure(first).await;
+        assert!(tracker.record_failure(first).await.is_some());
+        clock.advance(Duration::from_secs(300));
+        tracker.record_failure(second).await;
+        assert!(tracker.record_failure(second).await.is_some());
+        clock.advance(Duration::from_secs(350));
+        // The first lock has run out, the second has 250 s left.
+        assert_eq!(tracker.locked(first).await, None);
+        assert_eq!(tracker.locked(second).await, Some(Duration::from_secs(250)));
+        assert_eq!(logs.count("failed-auth lockout ended"), 1);
+        clock.advance(Duration::from_secs(250));
+        // Any check after the last lock ran out ends it, even another client's.
+        assert_eq!(tracker.locked(bystander).await, None);
+        assert_eq!(logs.count("failed-auth lockout ended"), 2);
+        assert_eq!(tracker.locked(second).await, None);
+        assert_eq!(logs.count("failed-auth lockout ended"), 2);
+        // A new lock after all that is seen again.
+        tracker.record_failure(bystander).await;
+        assert!(tracker.record_failure(bystander).await.is_some());
+        assert!(tracker.locked(bystander).await.is_some());
     }
 
     #[tokio::test]
