@@ -32,22 +32,31 @@ impl Digester {
         mac.update(&(key_lowercase.len() as u64).to_be_bytes());
         mac.update(key_lowercase.as_bytes());
         mac.update(secret.as_bytes());
-        Digest(mac.finalize().into_bytes().into())
+        Digest::truncated(mac)
     }
 
     pub(crate) fn bearer(&self, token: &str) -> Digest {
         let mut mac = self.mac.clone();
         mac.update(&[TAG_BEARER]);
         mac.update(token.as_bytes());
-        Digest(mac.finalize().into_bytes().into())
+        Digest::truncated(mac)
     }
 }
 
-/// A 32-byte keyed digest. `Debug` shows nothing of it.
+/// A keyed digest: HMAC-SHA256 truncated to its first 128 bits (RFC 2104 §5; forging one
+/// without the process's key is a 2^-128 guess), half the bytes in every cached credential.
+/// `Debug` shows nothing of it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Digest([u8; 32]);
+pub(crate) struct Digest([u8; 16]);
 
 impl Digest {
+    fn truncated(mac: Hmac<Sha256>) -> Self {
+        let full = mac.finalize().into_bytes();
+        let mut bytes = [0; 16];
+        bytes.copy_from_slice(&full[..16]);
+        Digest(bytes)
+    }
+
     /// Constant-time equality (the hit path's comparison).
     pub(crate) fn ct_eq(&self, other: &Digest) -> bool {
         self.0.ct_eq(&other.0).into()

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -31,17 +31,45 @@ use super::header::Credential;
 pub use super::outcome::{Admitted, Outcome, Rejection, Verify, VerifyError};
 use crate::config::AuthConfig;
 
-/// A verified credential. `verified_at` is when its verification *started*, so a revocation
-/// that raced the call still kills it.
+/// A verified credential: 64 bytes, 100,000 of them cached at most by default.
 #[derive(Debug, Clone)]
 struct Entry {
     /// Lowercased api_key, or the bearer label.
     key: Arc<str>,
     user: Arc<str>,
     digest: Digest,
-    verified_at: Instant,
-    bearer: bool,
+    /// When its verification *started*, so a revocation that raced the call still kills it.
+    verified: Stamp,
     standing: Standing,
+}
+
+/// The credential table is sized for this many entries up front (or `cache_capacity` when
+/// smaller): growing it rehashes and leaves ~20 B per entry behind (387 instead of 408 B per
+/// credential at 100,000), for ~2 MiB of idle RSS. Larger capacities grow past it as before.
+const PRESIZED_ENTRIES: u64 = 100_000;
+
+fn initial_capacity(cache_capacity: u64) -> usize {
+    usize::try_from(cache_capacity.min(PRESIZED_ENTRIES)).unwrap_or(usize::MAX)
+}
+
+/// An `Instant` in 8 bytes instead of 16: nanoseconds since the first one taken (584 years).
+#[derive(Debug, Clone, Copy)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    fn of(at: Instant) -> Self {
+        let nanos = at.saturating_duration_since(Self::epoch()).as_nanos();
+        Stamp(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    fn instant(self) -> Instant {
+        Self::epoch() + Duration::from_nanos(self.0)
+    }
 }
 
 /// Where a verified credential's user policy (enabled, restrict_ip) comes from. One word:
@@ -74,8 +102,18 @@ pub fn hidden_from_sync(user: &str) -> bool {
 }
 
 impl Entry {
+    /// A bearer token's entry: its key is the token's label. An api_key never has a `:` (the
+    /// header parser refuses one), so it can never pass for a label; no flag is stored.
+    fn bearer(&self) -> bool {
+        self.key.starts_with(BEARER_LABEL_PREFIX)
+    }
+
     fn api_key(&self) -> Option<&str> {
-        (!self.bearer).then_some(&*self.key)
+        (!self.bearer()).then_some(&*self.key)
+    }
+
+    fn verified_at(&self) -> Instant {
+        self.verified.instant()
     }
 }
 
@@ -158,6 +196,8 @@ impl fmt::Debug for CredentialStore {
 
 /// Label length of a bearer token's digest (8 bytes, 16 hex digits).
 const BEARER_LABEL_BYTES: usize = 8;
+/// How a bearer token's label begins (an api_key cannot contain the `:`).
+const BEARER_LABEL_PREFIX: &str = "bearer:";
 
 impl CredentialStore {
     /// An empty store: `cache_capacity` entries, fresh for `cache_ttl`, kept for
@@ -165,10 +205,13 @@ impl CredentialStore {
     /// drawn here. `verifier` is asked on every miss.
     pub fn new(cfg: &AuthConfig, verifier: Arc<dyn Verify>) -> Self {
         let keep = cfg.cache_ttl.max(cfg.stale_if_error).max(Duration::from_secs(1));
+        // Fixed before any verification starts, so every start is stamped exactly.
+        Stamp::epoch();
         CredentialStore {
             positive: Cache::builder()
                 .name("credentials")
                 .max_capacity(cfg.cache_capacity)
+                .initial_capacity(initial_capacity(cfg.cache_capacity))
                 .time_to_live(keep)
                 .support_invalidation_closures()
                 .build(),
@@ -306,7 +349,7 @@ impl CredentialStore {
             }
             Credential::Bearer(token) => {
                 let digest = self.digester.bearer(token);
-                let key = format!("bearer:{}", digest.short_hex(BEARER_LABEL_BYTES));
+                let key = format!("{BEARER_LABEL_PREFIX}{}", digest.short_hex(BEARER_LABEL_BYTES));
                 Probe { key: Cow::Owned(key), digest, bearer: true }
             }
         }
@@ -318,14 +361,14 @@ impl CredentialStore {
     }
 
     fn judge(&self, entry: &Entry, now: Instant) -> Judgement {
-        let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at);
+        let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at());
         if view.disabled {
             return Judgement::Disabled;
         }
         if view.revoked {
             return Judgement::Dead;
         }
-        let age = now.saturating_duration_since(entry.verified_at);
+        let age = now.saturating_duration_since(entry.verified_at());
         if age < self.cache_ttl {
             Judgement::Fresh(view)
         } else if age < self.stale_if_error {
@@ -343,7 +386,7 @@ impl CredentialStore {
     }
 
     fn admit_verified(&self, entry: Entry) -> Result<Admitted, Rejection> {
-        let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at);
+        let view = self.directory.view(&entry.user, entry.api_key(), entry.verified_at());
         if view.disabled {
             return Err(Rejection::Disabled);
         }

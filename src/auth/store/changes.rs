@@ -16,7 +16,7 @@ impl CredentialStore {
     pub fn revoke_key(&self, api_key: &str) {
         let key: Arc<str> = Arc::from(lowercase_key(api_key));
         self.directory.mark_key(&key, self.clock.now());
-        self.drop_entries(move |e| !e.bearer && e.key == key);
+        self.drop_entries(move |e| !e.bearer() && e.key == key);
     }
 
     /// Takes a full user list from sync: records each user's state and drops cached
@@ -57,7 +57,7 @@ impl CredentialStore {
         }
         let directory = self.directory.clone();
         self.drop_entries(move |e| {
-            let view = directory.view(&e.user, e.api_key(), e.verified_at);
+            let view = directory.view(&e.user, e.api_key(), e.verified_at());
             view.disabled || view.revoked
         });
     }

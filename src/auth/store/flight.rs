@@ -153,8 +153,7 @@ impl CredentialStore {
             key: shared_key.unwrap_or_else(|| Arc::from(probe.key.as_ref())),
             user: shared_user.unwrap_or_else(|| Arc::from(user)),
             digest: probe.digest,
-            verified_at: started,
-            bearer: probe.bearer,
+            verified: Stamp::of(started),
             standing,
         };
         tracing::debug!(api_key = %entry.key, user = %entry.user, "credential verified by Frappe");

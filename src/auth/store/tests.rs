@@ -727,3 +727,32 @@ fn a_cached_entry_stays_small() {
     assert!(std::mem::size_of::<Entry>() <= 96, "{}", std::mem::size_of::<Entry>());
     assert_eq!(std::mem::size_of::<Standing>(), std::mem::size_of::<usize>());
 }
+
+#[test]
+fn an_entry_is_64_bytes_and_its_stamp_keeps_the_instant() {
+    assert_eq!(std::mem::size_of::<Entry>(), 64);
+    let later = Stamp::epoch() + Duration::from_nanos(1_234_567_891);
+    assert_eq!(Stamp::of(later).instant(), later);
+    // Before the epoch (never for a verification: the store fixes it first) saturates.
+    assert_eq!(Stamp::of(Stamp::epoch() - Duration::from_nanos(1)).instant(), Stamp::epoch());
+}
+
+#[tokio::test]
+async fn a_bearer_label_is_never_an_api_key() {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    let fake = FakeFrappe::new();
+    fake.bearers.lock().unwrap().insert("oauthtoken123".into(), "oauth@example.com".into());
+    let store = store(&fake);
+    let bearer = auth(&store, &HeaderValue::from_static("Bearer oauthtoken123")).await.unwrap();
+    assert!(store.positive.get(&*bearer.api_key).await.is_some_and(|e| e.bearer() && e.api_key().is_none()));
+    // A client cannot send the label as its api_key (token or Basic): the `:` is refused, so
+    // an entry whose key starts with the label's prefix is always a bearer token's.
+    let spelled = [
+        format!("token {}:x", bearer.api_key),
+        format!("Basic {}", STANDARD.encode(format!("{}:x", bearer.api_key))),
+    ];
+    for value in spelled {
+        assert!(parse(Some(&HeaderValue::from_str(&value).unwrap())).is_err(), "{value}");
+    }
+}
