@@ -43,15 +43,6 @@ struct Entry {
     standing: Standing,
 }
 
-/// The credential table is sized for this many entries up front (or `cache_capacity` when
-/// smaller): growing it rehashes and leaves ~20 B per entry behind (387 instead of 408 B per
-/// credential at 100,000), for ~2 MiB of idle RSS. Larger capacities grow past it as before.
-const PRESIZED_ENTRIES: u64 = 100_000;
-
-fn initial_capacity(cache_capacity: u64) -> usize {
-    usize::try_from(cache_capacity.min(PRESIZED_ENTRIES)).unwrap_or(usize::MAX)
-}
-
 /// An `Instant` in 8 bytes instead of 16: nanoseconds since the first one taken (584 years).
 #[derive(Debug, Clone, Copy)]
 struct Stamp(u64);
@@ -170,8 +161,15 @@ impl Clock {
 
 /// Verified and refused credentials, bounded by `auth.cache_capacity` each.
 pub struct CredentialStore {
-    positive: Cache<Arc<str>, Entry>,
+    /// A sync cache without expiry or invalidation closures: each of those keeps a queue node
+    /// per entry (~33 B of RSS per credential); expiry is enforced by `judge` and memory freed
+    /// by [`Self::sweep_if_due`], revocations by marks then [`Self::drop_entries`].
+    positive: moka::sync::Cache<Arc<str>, Entry>,
     negative: Cache<Digest, Refused>,
+    /// `max(cache_ttl, stale_if_error)`: an entry older than this serves no window.
+    keep: Duration,
+    /// When entries older than `keep` were last swept out (a [`Stamp`]).
+    swept: AtomicU64,
     /// Verifications in progress only: a flight leaves as soon as it lands.
     flights: flight::Flights,
     directory: Arc<Directory>,
@@ -208,12 +206,9 @@ impl CredentialStore {
         // Fixed before any verification starts, so every start is stamped exactly.
         Stamp::epoch();
         CredentialStore {
-            positive: Cache::builder()
+            positive: moka::sync::Cache::builder()
                 .name("credentials")
                 .max_capacity(cfg.cache_capacity)
-                .initial_capacity(initial_capacity(cfg.cache_capacity))
-                .time_to_live(keep)
-                .support_invalidation_closures()
                 .build(),
             negative: Cache::builder()
                 .name("refused-credentials")
@@ -221,6 +216,8 @@ impl CredentialStore {
                 .time_to_live(cfg.negative_ttl.max(Duration::from_millis(1)))
                 .support_invalidation_closures()
                 .build(),
+            keep,
+            swept: AtomicU64::new(0),
             flights: flight::Flights::default(),
             directory: Arc::new(Directory::new(keep)),
             digester: Digester::random(),
@@ -321,7 +318,7 @@ impl CredentialStore {
     /// The number of cached valid credentials, exact as of now: moka applies inserts and
     /// removals lazily, so its count is brought up to date first (for metrics and status).
     pub async fn entries(&self) -> u64 {
-        self.positive.run_pending_tasks().await;
+        self.positive.run_pending_tasks();
         self.positive.entry_count()
     }
 
@@ -357,7 +354,7 @@ impl CredentialStore {
 
     /// The cached entry for the probe's key when its digest is equal (constant time).
     async fn cached(&self, probe: &Probe<'_>) -> Option<Entry> {
-        self.positive.get(probe.key.as_ref()).await.filter(|e| e.digest.ct_eq(&probe.digest))
+        self.positive.get(probe.key.as_ref()).filter(|e| e.digest.ct_eq(&probe.digest))
     }
 
     fn judge(&self, entry: &Entry, now: Instant) -> Judgement {

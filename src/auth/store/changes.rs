@@ -1,6 +1,8 @@
 //! How the store follows Frappe: revocations (webhooks, other instances) and user syncs drop
 //! or re-judge cached credentials.
 
+use moka::ops::compute::Op;
+
 use super::*;
 
 impl CredentialStore {
@@ -62,11 +64,36 @@ impl CredentialStore {
         });
     }
 
-    /// Removes matching entries in the background. The marks set before this call already
-    /// make them unusable, so removal only frees memory.
-    pub(super) fn drop_entries(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) {
-        if let Err(e) = self.positive.invalidate_entries_if(move |_, e| matches(e)) {
-            tracing::error!(error = %e, "cannot drop cached credentials");
+    /// Removes matching entries now: one pass over the cache (revocations and syncs with
+    /// changes are rare; never on a proxy worker). The marks set before this call already
+    /// make them unusable, so removal only frees memory. An entry replaced meanwhile is judged
+    /// again, so a fresh verification that landed in between stays.
+    pub(super) fn drop_entries(&self, matches: impl Fn(&Entry) -> bool) {
+        for (key, entry) in self.positive.iter() {
+            if matches(&entry) {
+                self.positive.entry(Arc::clone(&key)).and_compute_with(|current| match current {
+                    Some(e) if matches(e.value()) => Op::Remove,
+                    _ => Op::Nop,
+                });
+            }
         }
+    }
+
+    /// Frees entries older than `keep` (no window serves them: `judge` calls them dead), at
+    /// most once per `keep`, on the miss path that just cached one more. Between sweeps the
+    /// cache's capacity bounds them.
+    pub(super) fn sweep_if_due(&self) {
+        let now = self.clock.now();
+        let last = self.swept.load(Ordering::Relaxed);
+        if now < Stamp(last).instant() + self.keep {
+            return;
+        }
+        let claimed =
+            self.swept.compare_exchange(last, Stamp::of(now).0, Ordering::Relaxed, Ordering::Relaxed);
+        if claimed.is_err() {
+            return;
+        }
+        let keep = self.keep;
+        self.drop_entries(move |e| now.saturating_duration_since(e.verified_at()) >= keep);
     }
 }

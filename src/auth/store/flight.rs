@@ -157,7 +157,8 @@ impl CredentialStore {
             standing,
         };
         tracing::debug!(api_key = %entry.key, user = %entry.user, "credential verified by Frappe");
-        self.positive.insert(entry.key.clone(), entry.clone()).await;
+        self.positive.insert(entry.key.clone(), entry.clone());
+        self.sweep_if_due();
         entry
     }
 
@@ -168,7 +169,7 @@ impl CredentialStore {
         tracing::debug!(api_key = %key, "credential refused by Frappe");
         self.negative.insert(probe.digest, Refused { key, at: self.clock.now() }).await;
         if self.cached(probe).await.is_some() {
-            self.positive.invalidate(probe.key.as_ref()).await;
+            self.positive.invalidate(probe.key.as_ref());
         }
     }
 }

@@ -407,7 +407,7 @@ async fn refusal_of_a_new_secret_is_forgotten_when_the_user_changes() {
     assert_eq!(auth(&store, &early).await.unwrap_err(), Rejection::WrongCredentials);
     fake.set_key(KEY, "newsecret000001", USER);
     store.apply_sync(&[synced(USER, KEY, "m2", true)]);
-    store.positive.run_pending_tasks().await;
+    store.positive.run_pending_tasks();
     store.negative.run_pending_tasks().await;
     assert!(auth(&store, &early).await.is_ok());
 }
@@ -489,7 +489,7 @@ async fn nothing_secret_in_debug_or_messages() {
     let fake = FakeFrappe::new();
     let store = store(&fake);
     let admitted = auth(&store, &header(KEY, SECRET)).await.unwrap();
-    let entry = store.positive.get(KEY).await.unwrap();
+    let entry = store.positive.get(KEY).unwrap();
     for text in [format!("{admitted:?}"), format!("{entry:?}"), format!("{store:?}")] {
         assert!(!text.contains(SECRET), "{text}");
     }
@@ -745,7 +745,7 @@ async fn a_bearer_label_is_never_an_api_key() {
     fake.bearers.lock().unwrap().insert("oauthtoken123".into(), "oauth@example.com".into());
     let store = store(&fake);
     let bearer = auth(&store, &HeaderValue::from_static("Bearer oauthtoken123")).await.unwrap();
-    assert!(store.positive.get(&*bearer.api_key).await.is_some_and(|e| e.bearer() && e.api_key().is_none()));
+    assert!(store.positive.get(&*bearer.api_key).is_some_and(|e| e.bearer() && e.api_key().is_none()));
     // A client cannot send the label as its api_key (token or Basic): the `:` is refused, so
     // an entry whose key starts with the label's prefix is always a bearer token's.
     let spelled = [
@@ -755,4 +755,23 @@ async fn a_bearer_label_is_never_an_api_key() {
     for value in spelled {
         assert!(parse(Some(&HeaderValue::from_str(&value).unwrap())).is_err(), "{value}");
     }
+}
+
+#[tokio::test]
+async fn entries_no_window_serves_are_freed_by_a_later_miss() {
+    let fake = FakeFrappe::new();
+    fake.set_key(OTHER_KEY, SECRET, "other@example.com");
+    fake.set_key(THIRD_KEY, SECRET, "third@example.com");
+    let store = store(&fake);
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    assert_eq!(store.entries().await, 1);
+    // Past max(cache_ttl, stale_if_error) = 600 s: dead to `judge`, and swept by the next miss.
+    store.clock.advance(Duration::from_secs(601));
+    auth(&store, &header(OTHER_KEY, SECRET)).await.unwrap();
+    assert_eq!(store.entries().await, 1);
+    assert!(store.positive.get(KEY).is_none() && store.positive.get(OTHER_KEY).is_some());
+    // A sweep runs at most once per 600 s: the next miss soon after leaves the rest alone.
+    store.clock.advance(Duration::from_secs(10));
+    auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap();
+    assert_eq!(store.entries().await, 2);
 }
