@@ -99,7 +99,7 @@ pub mod bench_api {
             let budget = VerifyBudget::new(frappe.max_verify_concurrency, frappe.max_verify_rate);
             let store = CredentialStore::new(&runtime.config.auth, verifier).with_budget(budget);
             shared.auth.store = Arc::new(store);
-            Ok(Pipeline { conn: Arc::new(ConnInfo { shared: Arc::new(shared), peer, tls: None, worker: 0 }) })
+            Ok(Pipeline { conn: Arc::new(ConnInfo::new(Arc::new(shared), peer, None, 0)) })
         }
 
         /// Authenticates `authorization` as the pipeline would on a miss (the verifier is asked

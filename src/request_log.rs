@@ -58,6 +58,14 @@ pub(crate) struct RequestLog {
 }
 
 impl RequestLog {
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    pub(crate) fn conn(&self) -> &ConnInfo {
+        &self.conn
+    }
+
     pub(crate) fn begin<B>(
         conn: &Arc<ConnInfo>,
         req: &http::Request<B>,

@@ -207,7 +207,7 @@ async fn serve_connection(
     let worker = listener.worker;
     // The certificate in force when the client connects (a reload swaps it for later ones).
     let Some(certificate) = listener.state.tls.load_full() else {
-        let info = Arc::new(ConnInfo { shared: listener.state.clone(), peer: peer_ip, tls: None, worker });
+        let info = Arc::new(ConnInfo::new(listener.state.clone(), peer_ip, None, worker));
         return serve_io(stream, info, listener, shutdown).await;
     };
     let acceptor = TlsAcceptor::from(certificate.config.clone());
@@ -215,8 +215,7 @@ async fn serve_connection(
     match handshake.await {
         Ok(Ok(stream)) => {
             let version = crate::tls::version_name(stream.get_ref().1.protocol_version());
-            let info =
-                Arc::new(ConnInfo { shared: listener.state.clone(), peer: peer_ip, tls: version, worker });
+            let info = Arc::new(ConnInfo::new(listener.state.clone(), peer_ip, version, worker));
             serve_io(stream, info, listener, shutdown).await;
         }
         Ok(Err(e)) => {

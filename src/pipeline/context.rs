@@ -2,15 +2,17 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 
 use crate::body::ResponseBody;
 use crate::config::Rate;
 use crate::error::GatewayError;
 use crate::frappe_request::Call;
 use crate::outcome::AuthOutcome;
+use crate::policy::rate_limit::VARYING_HEADERS;
 use crate::policy::Decision as LimitDecision;
 use crate::proxy::X_REQUEST_ID;
 use crate::request_log::RequestLog;
@@ -27,6 +29,28 @@ pub(crate) struct ConnInfo {
     pub(crate) tls: Option<&'static str>,
     /// The proxy worker serving the connection (selects its upstream pool).
     pub(crate) worker: usize,
+    /// HTTP/2 responses sent on the connection (see [`ConnInfo::seeds_hpack_names`]).
+    h2_responses: AtomicU32,
+}
+
+/// Every this many HTTP/2 responses of a connection (the first included), one sends its
+/// per-response values indexed.
+const HPACK_SEED_EVERY: u32 = 256;
+
+impl ConnInfo {
+    pub(crate) fn new(shared: Arc<Shared>, peer: IpAddr, tls: Option<&'static str>, worker: usize) -> Self {
+        ConnInfo { shared, peer, tls, worker, h2_responses: AtomicU32::new(0) }
+    }
+
+    /// Whether this HTTP/2 response sends its per-response values (`X-Request-Id`,
+    /// `RateLimit-Remaining`, `RateLimit-Reset`) indexed rather than never-indexed. Indexing
+    /// puts their names in the connection's HPACK table, so every other response, whose
+    /// values stay never-indexed literals, sends each name as a one-byte index instead of
+    /// Huffman-coding it again. Repeated every [`HPACK_SEED_EVERY`] responses, in case other
+    /// headers pushed the names out of the table.
+    fn seeds_hpack_names(&self) -> bool {
+        self.h2_responses.fetch_add(1, Ordering::Relaxed).is_multiple_of(HPACK_SEED_EVERY)
+    }
 }
 
 /// See the module docs.
@@ -95,9 +119,21 @@ impl<'a> Ctx<'a> {
             decision.write_headers(response.headers_mut());
         }
         response.headers_mut().insert(X_REQUEST_ID, request_id.header());
+        if log.version() == Version::HTTP_2 && log.conn().seeds_hpack_names() {
+            index_varying_values(response.headers_mut());
+        }
         log.status = response.status().as_u16();
         response.body_mut().log_when_complete(log);
         response
+    }
+}
+
+/// Lets HPACK index this response's per-response values (and so their names).
+fn index_varying_values(headers: &mut http::HeaderMap) {
+    for name in VARYING_HEADERS.iter().chain([&X_REQUEST_ID]) {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(false);
+        }
     }
 }
 

@@ -61,11 +61,14 @@ impl BucketTable {
     pub(super) fn decide(&self, subject: Subject<'_>, gcra: &Gcra, now: u64) -> Decision {
         let key = bucket_key(subject);
         let mut buckets = self.shard(key);
-        let (decision, new_tat) = gcra.decide(buckets.tat.get(&key).copied().unwrap_or(0), now);
+        if let Some(tat) = buckets.tat.get_mut(&key) {
+            let (decision, new_tat) = gcra.decide(*tat, now);
+            *tat = new_tat.unwrap_or(*tat);
+            return decision;
+        }
+        let (decision, new_tat) = gcra.decide(0, now);
         if let Some(new_tat) = new_tat {
-            if let Some(tat) = buckets.tat.get_mut(&key) {
-                *tat = new_tat;
-            } else if buckets.make_room(self.per_shard, now) {
+            if buckets.make_room(self.per_shard, now) {
                 buckets.tat.insert(key, new_tat);
             } else {
                 self.warn_full();

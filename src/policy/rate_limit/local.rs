@@ -19,8 +19,9 @@ struct Table {
     buckets: BucketTable,
 }
 
-/// scope → the tables of the rates used with it (usually one).
-type Tables = HashMap<Box<str>, Vec<(Rate, Arc<Table>)>>;
+/// scope → the tables of the rates used with it (usually one). Scopes come from the config
+/// (`"ip"`, `"key"`, `"route:…"`), never from a client, so a fast hasher serves.
+type Tables = HashMap<Box<str>, Vec<(Rate, Arc<Table>)>, foldhash::fast::RandomState>;
 
 /// Default bound on subjects remembered per (scope, rate) table.
 pub(super) const DEFAULT_MAX_SUBJECTS: u64 = 200_000;

@@ -85,6 +85,8 @@ pub struct Decision {
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// The rate-limit headers whose values change with every response (sent never-indexed).
+pub(crate) const VARYING_HEADERS: [HeaderName; 2] = [RATELIMIT_REMAINING, RATELIMIT_RESET];
 
 impl Decision {
     /// `RateLimit-Reset`: whole seconds, rounded up.
