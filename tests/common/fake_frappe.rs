@@ -134,13 +134,26 @@ struct Running {
     accept_task: JoinHandle<()>,
 }
 
+/// gunicorn's default `backlog` (what bench deploys in front of Frappe). Tokio's `bind` uses
+/// 128: a burst of new upstream connections (a thousand first requests sharing one
+/// verification, all forwarded at once) overflowed it on a busy machine, and the dropped SYNs
+/// turned into the gateway's connect timeouts — a real site would have queued them.
+const GUNICORN_BACKLOG: u32 = 2048;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(GUNICORN_BACKLOG)
+}
+
 impl FakeFrappe {
     /// Bind 127.0.0.1:0 and serve on the current tokio runtime. Ready when this returns.
     ///
     /// The site starts with the built-in `Administrator` (System Manager, no keys) and `Guest`
     /// users, known doctypes ToDo, Customer and Sales Invoice, and no fault injected.
     pub async fn start() -> FakeFrappe {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake frappe");
+        let listener = listen("127.0.0.1:0".parse().unwrap()).expect("bind fake frappe");
         let addr = listener.local_addr().expect("fake frappe local addr");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new()),
@@ -174,7 +187,7 @@ impl FakeFrappe {
     /// Listen again on the same port with the same state (Frappe coming back after an outage).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let listener = TcpListener::bind(self.addr).await.expect("rebind fake frappe on its old port");
+        let listener = listen(self.addr).expect("rebind fake frappe on its old port");
         self.running = Some(server::spawn(listener, self.shared.clone()));
     }
 
