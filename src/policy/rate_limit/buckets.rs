@@ -134,7 +134,8 @@ fn lock(shard: &Mutex<Buckets>) -> MutexGuard<'_, Buckets> {
 fn bucket_key(subject: Subject<'_>) -> BucketKey {
     match subject {
         Subject::Ip(ip) => {
-            let v6 = match ip.to_canonical() {
+            // An IPv4-mapped IPv6 address is already the mapped form of its IPv4.
+            let v6 = match ip {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped(),
                 IpAddr::V6(v6) => v6,
             };

@@ -156,7 +156,9 @@ impl FailedAuthTracker {
 
     /// Once every lock has run out: drops them and logs the end of ours, if any is pending.
     fn end_expired_locks(&self, now: u64) {
-        if !self.ends_pending.swap(false, Ordering::Relaxed) {
+        // Read before the swap: this runs on every check once no lock is in force, and a
+        // read-modify-write per request would bounce the flag's cache line between workers.
+        if !self.ends_pending.load(Ordering::Relaxed) || !self.ends_pending.swap(false, Ordering::Relaxed) {
             return;
         }
         for (ip, _) in self.locks.iter() {
