@@ -14,7 +14,8 @@ proxy's CPU is its own):
 
 Interleaved rounds (the order rotates each round) at each concurrency, HTTP/1.1 with wrk and
 HTTP/2 with h2load. Per target: req/s, p50/p99 latency, CPU microseconds per request of its own
-processes (utime+stime from /proc/PID/stat before and after, / requests answered). Ratios are
+processes (utime+stime from /proc/PID/stat before and after, / requests answered; user and
+system shown apart too). Ratios are
 computed per round and shown min-max (median) over rounds.
 
 --redis runs two gateways instead, rate_limit.backend = "local" and "redis" (a redis-server on a
@@ -65,16 +66,22 @@ def wait_port(port, what, timeout=15.0):
     sys.exit(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_user_sys(pids):
+    """User and system CPU ticks of the processes (all their threads)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            user += int(fields[11])  # utime (field 14)
+            system += int(fields[12])  # stime (field 15)
         except (OSError, IndexError):
             pass
-    return total
+    return user, system
+
+
+def cpu_ticks(pids):
+    return sum(cpu_user_sys(pids))
 
 
 def children_of(ppid):
@@ -102,6 +109,36 @@ def busy_jiffies():
 def child_cpu_ticks():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (r.ru_utime + r.ru_stime) * 1_000_000 / TICK_US
+
+
+def gateway_toml(port, admin, backend_port, certs, access_log, server="", rate_limit="", per_key=True, extra=""):
+    """The benchmarked gateway's configuration (benches/instructions.sh uses it too): TLS, a
+    token route with an allowlist, per-key and per-IP limits that never trigger, access log to
+    a file."""
+    per_key_line = 'per_key = "100000000/min"\n' if per_key else ""
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+tls_cert = "{certs}/gateway.crt"
+tls_key = "{certs}/gateway.key"
+{server}
+[admin]
+listen = "127.0.0.1:{admin}"
+[upstream]
+url = "http://127.0.0.1:{backend_port}"
+[network]
+allow = ["127.0.0.0/8", "10.0.0.0/8"]
+[rate_limit]
+{rate_limit}{per_key_line}per_ip = "100000000/min"
+failed_auth_per_ip = "20/min"
+[[route]]
+path = "/api/"
+auth = "token"
+allow = ["127.0.0.0/8"]
+[log]
+access = "{access_log}"
+level = "warn"
+{extra}"""
 
 
 def ms(text):
@@ -220,29 +257,8 @@ http {{
         if redis_url:
             rl_backend = 'backend = "redis"\nredis_url_env = "FGW_BENCH_REDIS_URL"\nredis_timeout = "50ms"\n'
             env["FGW_BENCH_REDIS_URL"] = redis_url
-        conf = f"""
-[server]
-listen = "127.0.0.1:{port}"
-tls_cert = "{c}/gateway.crt"
-tls_key = "{c}/gateway.key"
-[admin]
-listen = "127.0.0.1:{admin}"
-[upstream]
-url = "http://127.0.0.1:{backend_port}"
-[network]
-allow = ["127.0.0.0/8", "10.0.0.0/8"]
-[rate_limit]
-{rl_backend}{'per_key = "100000000/min"' if per_key else ''}
-per_ip = "100000000/min"
-failed_auth_per_ip = "20/min"
-[[route]]
-path = "/api/"
-auth = "token"
-allow = ["127.0.0.0/8"]
-[log]
-access = "{d}/access.log"
-level = "warn"
-{extra}"""
+        conf = gateway_toml(port, admin, backend_port, c, os.path.join(d, "access.log"),
+                            rate_limit=rl_backend, per_key=per_key, extra=extra)
         path = os.path.join(d, "gateway.toml")
         with open(path, "w") as f:
             f.write(conf)
@@ -412,7 +428,7 @@ def measure(lineup, name, proto, conns, seconds):
     extras = {k: f() for k, f in lineup.extra.items()}
     everything = pids + lineup.backend_pids() + [p for ps in extras.values() for p in ps]
     everything = list(dict.fromkeys(everything))
-    before, extra0 = cpu_ticks(pids), {k: cpu_ticks(ps) for k, ps in extras.items()}
+    before, extra0 = cpu_user_sys(pids), {k: cpu_ticks(ps) for k, ps in extras.items()}
     counts0 = {k: f() for k, f in lineup.counters.items()}
     all0, kids0, (busy0, _) = cpu_ticks(everything), child_cpu_ticks(), busy_jiffies()
     if proto == "h1":
@@ -420,11 +436,15 @@ def measure(lineup, name, proto, conns, seconds):
     else:
         r = run_h2load(t["h2"], conns, seconds, lineup.args.streams, lineup.work)
     all1, kids1, (busy1, _) = cpu_ticks(everything), child_cpu_ticks(), busy_jiffies()
-    after, extra1 = cpu_ticks(pids), {k: cpu_ticks(ps) for k, ps in extras.items()}
+    after, extra1 = cpu_user_sys(pids), {k: cpu_ticks(ps) for k, ps in extras.items()}
     for k, f in lineup.counters.items():
         r[k + "_per_req"] = (f() - counts0[k]) / max(1, r["reqs"])
     per_req = lambda ticks: ticks * TICK_US / max(1, r["reqs"])
-    r["cpu_us"] = per_req(after - before)
+    # User space (the proxy's own code) and kernel (mostly the TCP stack, about the same for
+    # every proxy making the same system calls), then their sum.
+    r["user_us"] = per_req(after[0] - before[0])
+    r["sys_us"] = per_req(after[1] - before[1])
+    r["cpu_us"] = r["user_us"] + r["sys_us"]
     for k in extras:
         r[k + "_us"] = per_req(extra1[k] - extra0[k])
     ours = (all1 - all0) + (kids1 - kids0)
@@ -598,14 +618,16 @@ def run(lineup, args):
                     res[n] = measure(lineup, n, proto, conns, args.duration)
                     other.append(res[n]["other_cores"])
                 rounds.append(res)
-            print(f"{'target':<12} {'req/s':>17} {'p50 ms':>12} {'p99 ms':>12} {'CPU µs/req':>12} {'failed':>7}")
+            print(f"{'target':<12} {'req/s':>17} {'p50 ms':>12} {'p99 ms':>12} {'CPU µs/req':>12} "
+                  f"{'user':>9} {'system':>9} {'failed':>7}")
             for n in runnable:
                 col = lambda k: [rd[n][k] for rd in rounds]
                 cpu = span(col("cpu_us"))
                 if n == "direct":
                     cpu += " (backend)"
                 print(f"{n:<12} {span(col('rps')):>17} {span(col('p50'), '{:.2f}'):>12} "
-                      f"{span(col('p99'), '{:.2f}'):>12} {cpu:>12} {sum(col('failed')):>7}")
+                      f"{span(col('p99'), '{:.2f}'):>12} {cpu:>12} {span(col('user_us')):>9} "
+                      f"{span(col('sys_us')):>9} {sum(col('failed')):>7}")
                 if sum(col("failed")):
                     print(f"  !! {n}: {sum(col('failed'))} failed or non-2xx responses")
             ratios = report_ratios(lineup, rounds, runnable, args)
@@ -644,11 +666,15 @@ def report_ratios(lineup, rounds, runnable, args):
             ("throughput gateway / nginx-tls", ratio(rounds, "gateway", "nginx-tls", "rps"), "{:.2f}"),
             ("throughput gateway / nginx-auth", ratio(rounds, "gateway", "nginx-auth", "rps"), "{:.2f}"),
             ("CPU µs/req gateway / nginx-tls", ratio(rounds, "gateway", "nginx-tls", "cpu_us"), "{:.2f}"),
+            ("user CPU gateway / nginx-tls", ratio(rounds, "gateway", "nginx-tls", "user_us"), "{:.2f}"),
+            ("system CPU gateway / nginx-tls", ratio(rounds, "gateway", "nginx-tls", "sys_us"), "{:.2f}"),
         ]
         if args.floor:
             pairs += [
                 ("CPU µs/req floor / nginx-tls", ratio(rounds, "floor", "nginx-tls", "cpu_us"), "{:.2f}"),
                 ("CPU µs/req gateway / floor", ratio(rounds, "gateway", "floor", "cpu_us"), "{:.2f}"),
+                ("user CPU floor / nginx-tls", ratio(rounds, "floor", "nginx-tls", "user_us"), "{:.2f}"),
+                ("system CPU floor / nginx-tls", ratio(rounds, "floor", "nginx-tls", "sys_us"), "{:.2f}"),
                 ("throughput floor / nginx-tls", ratio(rounds, "floor", "nginx-tls", "rps"), "{:.2f}"),
             ]
         if args.baseline_bin:

@@ -63,31 +63,10 @@ backend=$(free_port)
 "$bin/examples/bench_backend" "127.0.0.1:$backend" >"$work/backend.log" 2>&1 &
 pids+=($!)
 
-gateway_config() { # port admin
-  cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-tls_cert = "$work/certs/gateway.crt"
-tls_key = "$work/certs/gateway.key"
-workers = 1
-[admin]
-listen = "127.0.0.1:$2"
-[upstream]
-url = "http://127.0.0.1:$backend"
-[network]
-allow = ["127.0.0.0/8", "10.0.0.0/8"]
-[rate_limit]
-per_key = "100000000/min"
-per_ip = "100000000/min"
-failed_auth_per_ip = "20/min"
-[[route]]
-path = "/api/"
-auth = "token"
-allow = ["127.0.0.0/8"]
-[log]
-access = "$work/access-$1.log"
-level = "warn"
-TOML
+gateway_config() { # port admin: the configuration compare_nginx.py benchmarks, one worker
+  python3 -c 'import sys; sys.path.insert(0, "benches"); import compare_nginx as c
+print(c.gateway_toml(*sys.argv[1:6], server="workers = 1"))' \
+    "$1" "$2" "$backend" "$work/certs" "$work/access-$1.log"
 }
 
 # measure NAME PROTO COMMAND...: the command listens on $port; prints instructions per request.
