@@ -7,6 +7,8 @@
 #   bash benches/compare_nginx.sh                # 3 interleaved rounds of 5 s, c=8 and c=64, h1 and h2
 #   bash benches/compare_nginx.sh --redis        # gateway rate_limit.backend "redis" vs "local"
 #   bash benches/compare_nginx.sh --rounds 5 --duration 10 --conns 64 --proto h1
+#   bash benches/pgo.sh && bash benches/compare_nginx.sh --gateway-bin target/pgo/release/frappe-gateway \
+#     --baseline-bin target/release/frappe-gateway   # the PGO build, the plain one beside it
 #
 # Never build or run other heavy work while it measures: the machine's other load is printed.
 set -euo pipefail

@@ -9,6 +9,7 @@
 #   bash benches/instructions.sh                         # HTTP/1.1 and HTTP/2, 3,000 requests each
 #   bash benches/instructions.sh --proto h2 --requests 5000
 #   bash benches/instructions.sh --baseline-bin /tmp/old-frappe-gateway   # A/B another build
+#   bash benches/instructions.sh --gateway-bin target/pgo/release/frappe-gateway   # another build as "gateway"
 #
 # valgrind hides the CPU's SHA extensions, so SHA-256 (the credential digest) runs in software
 # here and counts several times what it costs on the real CPU. Builds the `profiling` profile
@@ -19,11 +20,13 @@ cd "$(dirname "$0")/.."
 protos="h1 h2"
 requests=3000
 baseline=""
+gateway_bin=""
 while (($#)); do
   case "$1" in
     --proto) protos="$2"; shift 2 ;;
     --requests) requests="$2"; shift 2 ;;
     --baseline-bin) baseline="$2"; shift 2 ;;
+    --gateway-bin) gateway_bin="$2"; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -107,7 +110,7 @@ measure() {
 for proto in $protos; do
   port=$(free_port)
   gateway_config "$port" "$(free_port)" >"$work/gateway.toml"
-  gw=$(measure gateway "$proto" "$bin/frappe-gateway" --config "$work/gateway.toml")
+  gw=$(measure gateway "$proto" "${gateway_bin:-$bin/frappe-gateway}" --config "$work/gateway.toml")
   port=$(free_port)
   floor=$(measure floor "$proto" "$bin/examples/floor_proxy" "127.0.0.1:$port" "127.0.0.1:$backend" \
     "$work/certs/gateway.crt" "$work/certs/gateway.key" 1)
