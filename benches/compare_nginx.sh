@@ -14,21 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v curl >/dev/null || need+=(curl)
-[[ " $* " == *" --redis "* ]] && ! command -v redis-server >/dev/null && need+=(redis-server)
-if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    echo "installing ${need[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  else
-    echo "needs: sudo apt-get install -y ${need[*]}" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+tools=(nginx:nginx wrk:wrk h2load:nghttp2-client curl:curl)
+[[ " $* " == *" --redis "* ]] && tools+=(redis-server:redis-server)
+install_missing "${tools[@]}"
 cargo build --release --quiet --bin frappe-gateway --example bench_backend --example floor_proxy
 exec python3 benches/compare_nginx.py "$@"

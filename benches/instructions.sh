@@ -31,19 +31,9 @@ while (($#)); do
   esac
 done
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  else
-    echo "needs: sudo apt-get install -y ${need[*]}" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+install_missing valgrind:valgrind h2load:nghttp2-client curl:curl
 cargo build --profile profiling --quiet --bin frappe-gateway --example bench_backend --example floor_proxy
 
 bin=target/profiling
@@ -57,7 +47,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # The key and secret examples/bench_backend accepts as whoami (as in compare_nginx.py).
 auth="authorization: token 0123456789abcde:fedcba987654321"
 
@@ -67,9 +56,7 @@ backend=$(free_port)
 pids+=($!)
 
 gateway_config() { # port admin: the configuration compare_nginx.py benchmarks, one worker
-  python3 -c 'import sys; sys.path.insert(0, "benches"); import compare_nginx as c
-print(c.gateway_toml(*sys.argv[1:6], server="workers = 1"))' \
-    "$1" "$2" "$backend" "$work/certs" "$work/access-$1.log"
+  gateway_toml "$1" "$2" "$backend" "$work/certs" "$work/access-$1.log" "workers = 1"
 }
 
 # measure NAME PROTO COMMAND...: the command listens on $port; prints instructions per request.

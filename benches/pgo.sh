@@ -13,19 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v curl >/dev/null || need+=(curl)
-command -v python3 >/dev/null || need+=(python3)
-if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  else
-    echo "needs: sudo apt-get install -y ${need[*]}" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
+install_missing h2load:nghttp2-client curl:curl python3:python3
 sysroot=$(rustc --print sysroot)
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata="$sysroot/lib/rustlib/$host/bin/llvm-profdata"
@@ -51,7 +41,6 @@ RUSTFLAGS="-Cprofile-generate=$data" cargo build --release --locked --quiet \
   --target-dir target/pgo-generate --bin frappe-gateway --example bench_backend
 bin=target/pgo-generate/release
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 "$bin/frappe-gateway" gen-cert --host localhost --out "$work/certs" >/dev/null
 backend=$(free_port)
 # The backend's own profile is not wanted: it writes elsewhere.
@@ -59,9 +48,7 @@ LLVM_PROFILE_FILE="$work/backend-%p.profraw" "$bin/examples/bench_backend" "127.
   >"$work/backend.log" 2>&1 &
 pids+=($!)
 port=$(free_port)
-python3 -c 'import sys; sys.path.insert(0, "benches"); import compare_nginx as c
-print(c.gateway_toml(*sys.argv[1:6]))' "$port" "$(free_port)" "$backend" "$work/certs" "$work/access.log" \
-  >"$work/gateway.toml"
+gateway_toml "$port" "$(free_port)" "$backend" "$work/certs" "$work/access.log" >"$work/gateway.toml"
 LLVM_PROFILE_FILE="$data/gateway-%p.profraw" "$bin/frappe-gateway" --config "$work/gateway.toml" \
   2>"$work/gateway.err" &
 gateway=$!
