@@ -116,6 +116,8 @@ def gateway_toml(port, admin, backend_port, certs, access_log, server="", rate_l
     token route with an allowlist, per-key and per-IP limits that never trigger, access log to
     a file."""
     per_key_line = 'per_key = "100000000/min"\n' if per_key else ""
+    if rate_limit and not rate_limit.endswith("\n"):
+        rate_limit += "\n"
     return f"""
 [server]
 listen = "127.0.0.1:{port}"

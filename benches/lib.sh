@@ -20,9 +20,10 @@ install_missing() {
 # A free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# gateway_toml PORT ADMIN BACKEND_PORT CERT_DIR ACCESS_LOG [SERVER_LINES]: the configuration
-# benches/compare_nginx.py benchmarks (its gateway_toml).
+# gateway_toml PORT ADMIN BACKEND_PORT CERT_DIR ACCESS_LOG [SERVER_LINES [RATE_LIMIT_LINES]]:
+# the configuration benches/compare_nginx.py benchmarks (its gateway_toml).
 gateway_toml() {
   python3 -c 'import sys; sys.path.insert(0, "benches"); import compare_nginx as c
-print(c.gateway_toml(*sys.argv[1:6], server=sys.argv[6]))' "$1" "$2" "$3" "$4" "$5" "${6:-}"
+print(c.gateway_toml(*sys.argv[1:6], server=sys.argv[6], rate_limit=sys.argv[7]))' \
+    "$1" "$2" "$3" "$4" "$5" "${6:-}" "${7:-}"
 }

@@ -3,19 +3,21 @@
 # under a training load through the benchmark's policy (benches/compare_nginx.py's
 # configuration: TLS, a token route with a cached key, allowlist, per-key and per-IP limits,
 # access log) on HTTP/1.1 and HTTP/2, plus the refusals a gateway meets (unknown key, wrong
-# secret, no credentials, a denied path, a failed-auth lockout), merges the profile and builds
-# again with it.
+# secret, no credentials, a failed-auth lockout), then again with the rate limits on a
+# redis-server of its own; merges the profile and builds again with it.
 #
 #   bash benches/pgo.sh            # → target/pgo/release/frappe-gateway
+#   PGO_KEEP=1 bash benches/pgo.sh # keeps the training's directory (configs, access logs)
 #
 # Uses rustc's own llvm-profdata (`rustup component add llvm-tools`, added if missing) and
-# h2load (Debian's nghttp2-client, installed if missing). benches/RESULTS.md has what it gives.
+# h2load, curl, python3 and redis-server from Debian (installed if missing, as root).
+# benches/RESULTS.md has what it gives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # shellcheck source=benches/lib.sh
 source benches/lib.sh
-install_missing h2load:nghttp2-client curl:curl python3:python3
+install_missing h2load:nghttp2-client curl:curl python3:python3 redis-server:redis-server redis-cli:redis-tools
 sysroot=$(rustc --print sysroot)
 host=$(rustc -vV | sed -n 's/^host: //p')
 profdata="$sysroot/lib/rustlib/$host/bin/llvm-profdata"
@@ -32,7 +34,7 @@ work=$(mktemp -d /tmp/fgw-pgo.XXXXXX)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
+  [ -n "${PGO_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -47,20 +49,34 @@ backend=$(free_port)
 LLVM_PROFILE_FILE="$work/backend-%p.profraw" "$bin/examples/bench_backend" "127.0.0.1:$backend" \
   >"$work/backend.log" 2>&1 &
 pids+=($!)
-port=$(free_port)
-gateway_toml "$port" "$(free_port)" "$backend" "$work/certs" "$work/access.log" >"$work/gateway.toml"
-LLVM_PROFILE_FILE="$data/gateway-%p.profraw" "$bin/frappe-gateway" --config "$work/gateway.toml" \
-  2>"$work/gateway.err" &
-gateway=$!
-pids+=("$gateway")
-url="https://127.0.0.1:$port"
-for _ in $(seq 100); do curl -sk -o /dev/null "$url/" 2>/dev/null && break; sleep 0.1; done
+# start_gateway NAME [RATE_LIMIT_LINES]: an instrumented gateway with the benchmark's policy;
+# sets $url and $gateway.
+start_gateway() {
+  local port
+  port=$(free_port)
+  gateway_toml "$port" "$(free_port)" "$backend" "$work/certs" "$work/access-$1.log" "" "${2:-}" \
+    >"$work/$1.toml"
+  LLVM_PROFILE_FILE="$data/gateway-%p.profraw" "$bin/frappe-gateway" --config "$work/$1.toml" \
+    2>"$work/$1.err" &
+  gateway=$!
+  pids+=("$gateway")
+  url="https://127.0.0.1:$port"
+  for _ in $(seq 100); do curl -sk -o /dev/null "$url/" 2>/dev/null && break; sleep 0.1; done
+}
 
-echo "pgo: training load" >&2
+# The profile is written when the process exits; SIGTERM is its graceful shutdown.
+stop_gateway() {
+  kill -TERM "$gateway"
+  wait "$gateway" || true
+}
+
 # The key and secret examples/bench_backend accepts (as in compare_nginx.py).
 good="authorization: token 0123456789abcde:fedcba987654321"
 printf '{"doctype":"ToDo","description":"pgo"}' >"$work/todo.json"
 load() { h2load "$@" >/dev/null; }
+
+echo "pgo: training load (local rate limits)" >&2
+start_gateway local
 for proto in --h1 ""; do
   # shellcheck disable=SC2086 # an empty $proto is HTTP/2
   load $proto -n 20000 -c 8 -m 1 -H "$good" "$url/api/resource/ToDo"
@@ -78,10 +94,20 @@ done
 # answers are part of what a gateway under attack serves.
 load --h1 -n 2000 -c 8 -H "authorization: token 0123456789abcde:wrong" "$url/api/resource/ToDo"
 load -n 2000 -c 8 -m 4 -H "authorization: token unknownkey00001:wrong" "$url/api/resource/ToDo"
+stop_gateway
 
-# The profile is written when the process exits; SIGTERM is its graceful shutdown.
-kill -TERM "$gateway"
-wait "$gateway" || true
+echo "pgo: training load (rate limits on Redis)" >&2
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+export FGW_BENCH_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+start_gateway redis "$(printf 'backend = "redis"\nredis_url_env = "FGW_BENCH_REDIS_URL"\n')"
+load --h1 -n 10000 -c 8 -H "$good" "$url/api/resource/ToDo"
+load -n 10000 -c 64 -m 4 -H "$good" "$url/api/resource/ToDo"
+load --h1 -n 1000 -c 8 -H "authorization: token 0123456789abcde:wrong" "$url/api/resource/ToDo"
+stop_gateway
+
 ls "$data"/gateway-*.profraw >/dev/null
 "$profdata" merge -o "$data/merged.profdata" "$data"/gateway-*.profraw
 # Named by its content: a new profile changes RUSTFLAGS, so cargo rebuilds with it.
