@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use common::{tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway};
+use common::{tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway, PUBLIC_ROUTE};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -116,7 +116,7 @@ async fn per_response_values_are_never_indexed_and_their_names_are_table_indexes
         // Slow enough that no bucket refills between requests: every response's remaining count
         // and reset differ from the last one's (an equal value would be sent as a table index).
         .set("rate_limit", "per_ip = \"100/hour\"")
-        .extra("[[route]]\npath = \"/\"\nauth = \"public\"\n")
+        .extra(PUBLIC_ROUTE)
         .build();
     let gateway = Gateway::start(&config, &[]).await;
     let mut tls = tls_connect(gateway.proxy_addr(), &certs.ca_pem, &["h2"]).await;

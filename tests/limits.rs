@@ -19,10 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use common::{
     http_client, https_client, read_response_head, tcp_connect, tls_connect, Certs, ConfigBuilder,
-    FakeFrappe, Gateway, HttpVersion,
+    FakeFrappe, Gateway, HttpVersion, PUBLIC_ROUTE,
 };
 
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 const BODY_LIMIT: usize = 64 * 1024;
 const HEADER_LIMIT: usize = 4096;
 /// How long a slow client may take to be dropped when `header_read_timeout = "1s"`.

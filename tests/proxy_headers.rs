@@ -13,10 +13,8 @@ use hyper_util::rt::TokioIo;
 
 use common::{
     https_client, tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway, HttpVersion, RecordedRequest,
+    PUBLIC_ROUTE,
 };
-
-/// Everything is public: these tests are about forwarding, not authentication.
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 
 /// Headers a client could use to claim an identity, an address, a site or a file path.
 const SPOOFED: &[(&str, &str)] = &[

@@ -15,9 +15,9 @@ use tokio::net::TcpStream;
 
 use common::{
     https_client, tls_connect, Certs, ConfigBuilder, FakeFrappe, GatewayProcess, HttpVersion, Signal,
+    PUBLIC_ROUTE,
 };
 
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 /// How long the in-flight request takes upstream.
 const SLOW_MS: u64 = 2000;
 

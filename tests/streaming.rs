@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 
 use common::{
     https_client, rss_kib, Certs, ConfigBuilder, FakeFrappe, GatewayProcess, HttpVersion, RssSampler,
+    PUBLIC_ROUTE,
 };
 
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 const MIB: u64 = 1024 * 1024;
 const BODY: u64 = 50 * MIB;
 const CHUNK: usize = 64 * 1024;

@@ -16,9 +16,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, SupportedProtocolVersion};
 use tokio_rustls::TlsConnector;
 
-use common::{http_client, try_tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway};
-
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
+use common::{http_client, try_tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway, PUBLIC_ROUTE};
 
 async fn tls_gateway(frappe: &FakeFrappe, certs: &Certs) -> Gateway {
     Gateway::start(&ConfigBuilder::new(&frappe.url()).tls(certs).extra(PUBLIC_ROUTE).build(), &[]).await

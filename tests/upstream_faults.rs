@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{http_client, https_client, Certs, ConfigBuilder, FakeFrappe, Gateway, HttpVersion};
-
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
+use common::{
+    http_client, https_client, Certs, ConfigBuilder, FakeFrappe, Gateway, HttpVersion, PUBLIC_ROUTE,
+};
 
 async fn start_gateway(upstream_url: &str, certs: &Certs, upstream_lines: &[&str]) -> Gateway {
     let mut builder = ConfigBuilder::new(upstream_url).tls(certs);

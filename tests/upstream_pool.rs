@@ -3,9 +3,7 @@
 
 mod common;
 
-use common::{http_client, ConfigBuilder, FakeFrappe, Gateway};
-
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
+use common::{http_client, ConfigBuilder, FakeFrappe, Gateway, PUBLIC_ROUTE};
 
 /// One worker, so every request uses the same idle list.
 async fn gateway(frappe: &FakeFrappe) -> Gateway {

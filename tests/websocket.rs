@@ -11,9 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use common::{tcp_connect, tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway};
+use common::{tcp_connect, tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway, PUBLIC_ROUTE};
 
-const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
 const STEP: Duration = Duration::from_secs(10);
 
 async fn echo_round_trips<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) {

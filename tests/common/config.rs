@@ -84,6 +84,9 @@ impl ConfigBuilder {
     }
 }
 
+/// One route, `/`, open to everyone: for tests about forwarding rather than authentication.
+pub const PUBLIC_ROUTE: &str = "[[route]]\npath = \"/\"\nauth = \"public\"\n";
+
 /// A minimal valid `gateway.toml`: listeners on 127.0.0.1:0, the upstream, TLS when `certs`
 /// is given, access log on stdout; then `extra` appended at the END. Because a table
 /// header in `extra` ends the previous table, `extra` must begin with a header such as

@@ -24,7 +24,7 @@ pub use client::{
     tls_connect, try_tls_connect, HttpVersion,
 };
 #[allow(unused_imports)]
-pub use config::{config_for, toml_str, ConfigBuilder};
+pub use config::{config_for, toml_str, ConfigBuilder, PUBLIC_ROUTE};
 #[allow(unused_imports)]
 pub use differential::{read_diff_log, DifferentialUpstream};
 #[allow(unused_imports)]
