@@ -15,8 +15,7 @@ proxy's CPU is its own):
 Interleaved rounds (the order rotates each round) at each concurrency, HTTP/1.1 with wrk and
 HTTP/2 with h2load. Per target: req/s, p50/p99 latency, CPU microseconds per request of its own
 processes (utime+stime from /proc/PID/stat before and after, / requests answered; user and
-system shown apart too). Ratios are
-computed per round and shown min-max (median) over rounds.
+system also apart). Ratios are computed per round and shown min-max (median) over rounds.
 
 --redis runs two gateways instead, rate_limit.backend = "local" and "redis" (a redis-server on a
 free loopback port), same load, and reports redis/local ratios and redis-server's own CPU.
