@@ -12,12 +12,13 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::activity_io::ActivityIo;
+use crate::activity_io::{Activity, ActivityIo};
 use crate::config::ServerConfig;
 use crate::outcome::TlsFailure;
 use crate::pipeline::{self, ConnInfo};
@@ -208,15 +209,20 @@ async fn serve_connection(
     // The certificate in force when the client connects (a reload swaps it for later ones).
     let Some(certificate) = listener.state.tls.load_full() else {
         let info = Arc::new(ConnInfo::new(listener.state.clone(), peer_ip, None, worker));
-        return serve_io(stream, info, listener, shutdown).await;
+        return serve_io(stream, info, listener, shutdown, Protocol::Sniffed).await;
     };
     let acceptor = TlsAcceptor::from(certificate.config.clone());
     let handshake = tokio::time::timeout(listener.header_read_timeout, acceptor.accept(stream));
     match handshake.await {
         Ok(Ok(stream)) => {
-            let version = crate::tls::version_name(stream.get_ref().1.protocol_version());
+            let tls = stream.get_ref().1;
+            let version = crate::tls::version_name(tls.protocol_version());
+            let protocol = match tls.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Sniffed,
+            };
             let info = Arc::new(ConnInfo::new(listener.state.clone(), peer_ip, version, worker));
-            serve_io(stream, info, listener, shutdown).await;
+            serve_io(stream, info, listener, shutdown, protocol).await;
         }
         Ok(Err(e)) => {
             metrics.record_tls_failure(TlsFailure::Error);
@@ -245,30 +251,68 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
+/// What a connection speaks, as far as the TLS handshake says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// ALPN chose `h2`.
+    Http2,
+    /// HTTP/1.1, or no ALPN (plain TCP, or a client that offered none): hyper reads the first
+    /// bytes to tell HTTP/1.1 from HTTP/2 with prior knowledge.
+    Sniffed,
+}
+
 /// Serves one connection until it closes, it has been silent for `idle_timeout`, or
 /// shutdown begins; the last two close it gracefully (in-flight requests finish first).
-async fn serve_io<I>(io: I, info: Arc<ConnInfo>, listener: &ProxyListener, shutdown: ShutdownSignal)
-where
+async fn serve_io<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    listener: &ProxyListener,
+    shutdown: ShutdownSignal,
+    protocol: Protocol,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, activity) = ActivityIo::new(io);
+    let io = TokioIo::new(io);
     let served = Arc::new(AtomicBool::new(false));
-    let service = {
-        let (info, served) = (info.clone(), served.clone());
-        service_fn(move |req: Request<Incoming>| {
-            served.store(true, Ordering::Relaxed);
-            pipeline::handle(info.clone(), req)
-        })
+    let closing = watch_reasons_to_close(listener, activity, served.clone(), shutdown);
+    let first_request = move || served.store(true, Ordering::Relaxed);
+    let result = match protocol {
+        // hyper moves each HTTP/2 stream's future into a task of its own, copying it several
+        // times on the way: boxed, the request's state (≈ 4 KiB) is copied once, and the
+        // task is small. On HTTP/1.1 the future stays in the connection, unboxed.
+        Protocol::Http2 => {
+            let info = info.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                first_request();
+                Box::pin(pipeline::handle(info.clone(), req))
+            });
+            drive(listener.http.serve_connection_with_upgrades(io, service), closing).await
+        }
+        Protocol::Sniffed => {
+            let info = info.clone();
+            let service = service_fn(move |req: Request<Incoming>| {
+                first_request();
+                pipeline::handle(info.clone(), req)
+            });
+            drive(listener.http.serve_connection_with_upgrades(io, service), closing).await
+        }
     };
-    let conn = listener.http.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // The reasons to close run in a task of their own, which says when: polled here, beside
-    // the connection, they would be polled (timers, the shutdown watch) on every wake-up of a
-    // busy connection; a oneshot receiver is one atomic load.
-    let (close, mut closing) = oneshot::channel();
+    log_connection_end(&info, result);
+}
+
+/// The reasons to close a connection, in a task of their own that says when: polled beside
+/// the connection, they would be polled (timers, the shutdown watch) on every wake-up of a
+/// busy connection; a oneshot receiver is one atomic load. The task ends with the receiver.
+fn watch_reasons_to_close(
+    listener: &ProxyListener,
+    activity: Arc<Activity>,
+    served: Arc<AtomicBool>,
+    mut shutdown: ShutdownSignal,
+) -> Closing {
+    let (close, closing) = oneshot::channel();
     let (header_read_timeout, idle_timeout) = (listener.header_read_timeout, listener.idle_timeout);
-    let watcher = AbortOnDrop(tokio::spawn(async move {
-        let mut shutdown = shutdown;
+    let watcher = tokio::spawn(async move {
         tokio::select! {
             _ = shutdown.changed() => {}
             _ = activity.idle_for(idle_timeout) => {}
@@ -277,16 +321,30 @@ where
             _ = first_request_overdue(&served, header_read_timeout) => {}
         }
         let _ = close.send(());
-    }));
+    });
+    Closing { signal: closing, _watcher: AbortOnDrop(watcher) }
+}
+
+/// Fires when the connection should close gracefully; its watcher is stopped when dropped.
+struct Closing {
+    signal: oneshot::Receiver<()>,
+    _watcher: AbortOnDrop,
+}
+
+/// Serves `conn` until it ends, or until `closing` fires and it has then closed gracefully.
+async fn drive<C>(conn: C, mut closing: Closing) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
     tokio::select! {
         biased;
-        result = conn.as_mut() => return log_connection_end(&info, result),
-        _ = &mut closing => {}
+        result = conn.as_mut() => return result,
+        _ = &mut closing.signal => {}
     }
-    drop(watcher);
+    drop(closing);
     conn.as_mut().graceful_shutdown();
-    let result = conn.await;
-    log_connection_end(&info, result);
+    conn.await
 }
 
 /// Aborts the task when dropped (the connection it watches has ended).
