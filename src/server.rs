@@ -169,8 +169,8 @@ fn http_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .keep_alive(true)
-        // One flattened write per response: rustls turns each vectored slice into its own
-        // TLS record, so gathering first means fewer records and syscalls.
+        // One flattened write per response: vectored writes through the TLS stream cost
+        // 1.00–1.21× the CPU per request (benches/RESULTS.md, A/B in one run).
         .writev(false)
         // Our own 431 (JSON, logged) fires at max_header_bytes; hyper's bare one only far above.
         .max_buf_size((server.max_header_bytes * 2).max(64 * 1024));
