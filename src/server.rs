@@ -252,7 +252,7 @@ impl Drop for OpenConnection<'_> {
 }
 
 /// What a connection speaks, as far as the TLS handshake says.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Protocol {
     /// ALPN chose `h2`.
     Http2,
@@ -276,26 +276,23 @@ async fn serve_io<I>(
     let io = TokioIo::new(io);
     let served = Arc::new(AtomicBool::new(false));
     let closing = watch_reasons_to_close(listener, activity, served.clone(), shutdown);
-    let first_request = move || served.store(true, Ordering::Relaxed);
+    let handle = {
+        let info = info.clone();
+        move |req: Request<Incoming>| {
+            served.store(true, Ordering::Relaxed);
+            pipeline::handle(info.clone(), req)
+        }
+    };
     let result = match protocol {
         // hyper moves each HTTP/2 stream's future into a task of its own, copying it several
         // times on the way: boxed, the request's state (≈ 4 KiB) is copied once, and the
         // task is small. On HTTP/1.1 the future stays in the connection, unboxed.
         Protocol::Http2 => {
-            let info = info.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
-                first_request();
-                Box::pin(pipeline::handle(info.clone(), req))
-            });
+            let service = service_fn(move |req| Box::pin(handle(req)));
             drive(listener.http.serve_connection_with_upgrades(io, service), closing).await
         }
         Protocol::Sniffed => {
-            let info = info.clone();
-            let service = service_fn(move |req: Request<Incoming>| {
-                first_request();
-                pipeline::handle(info.clone(), req)
-            });
-            drive(listener.http.serve_connection_with_upgrades(io, service), closing).await
+            drive(listener.http.serve_connection_with_upgrades(io, service_fn(handle)), closing).await
         }
     };
     log_connection_end(&info, result);
