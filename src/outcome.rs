@@ -130,6 +130,9 @@ vocabulary! {
         Reset => "reset",
         /// The upstream answered something that is not HTTP.
         Protocol => "protocol",
+        /// Every connection `upstream.max_connections` allows stayed in use for
+        /// `upstream.queue_timeout` (503).
+        Busy => "busy",
         /// Anything else.
         Other => "other",
     }

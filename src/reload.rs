@@ -155,6 +155,8 @@ fn keep_restart_only(old: &Config, new: &mut Config, restart: &mut Vec<&'static 
         "admin.listen" => admin.listen;
         "upstream.connect_timeout" => upstream.connect_timeout;
         "upstream.timeout" => upstream.timeout;
+        "upstream.max_connections" => upstream.max_connections;
+        "upstream.queue_timeout" => upstream.queue_timeout;
         "frappe.url" => frappe.url;
         "frappe.sync_interval" => frappe.sync_interval;
         "frappe.verify_timeout" => frappe.verify_timeout;

@@ -19,7 +19,7 @@ use crate::policy::{FailedAuthTracker, RateLimiter, RestrictIpCache, RevocationB
 use crate::reload::ConfigSource;
 use crate::runtime::Runtime;
 use crate::tls::Certificate;
-use crate::upstream::Upstream;
+use crate::upstream::{ConnectionCap, Upstream};
 
 /// See the module docs.
 pub(crate) struct Shared {
@@ -69,7 +69,9 @@ impl Shared {
         access_log: AccessLog,
     ) -> Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        let new_upstream = || Upstream::new(config.upstream.connect_timeout, config.upstream.timeout);
+        let u = &config.upstream;
+        let cap = ConnectionCap::split(u.max_connections, config.server.workers, u.queue_timeout);
+        let new_upstream = |cap| Upstream::new(u.connect_timeout, u.timeout, cap);
         let frappe = Arc::new(FrappeClient::new(
             &config.frappe.url,
             &config.upstream.host,
@@ -96,8 +98,9 @@ impl Shared {
             }
         }
         let upstreams =
-            (0..config.server.workers).map(|_| new_upstream().with_metrics(metrics.clone())).collect();
-        let probe = new_upstream();
+            (0..config.server.workers).map(|_| new_upstream(cap).with_metrics(metrics.clone())).collect();
+        // The readiness probe's one request at a time needs no cap.
+        let probe = new_upstream(ConnectionCap::split(0, 1, u.queue_timeout));
         let runtime = Runtime::build(config)?;
         metrics.register_routes(runtime.routes.paths());
         Ok(Shared {

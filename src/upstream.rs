@@ -8,6 +8,13 @@
 //! its end; one dropped earlier (the client went away), an upgraded one (WebSocket) and one the
 //! backend closes are not reused. A request that could not even be written on a reused
 //! connection (the backend closed it while it sat idle) is sent once more on a new one.
+//!
+//! `upstream.max_connections` caps the connections open to each backend (in use or idle;
+//! WebSocket tunnels not counted once upgraded), split evenly between the workers: each
+//! connection holds one of its worker's slots for that backend. A request that finds no idle
+//! connection and no free slot waits, up to `upstream.queue_timeout`, for a connection to come
+//! back or a slot to free up, then gets 503 — a burst no longer opens a connection per request.
+//! Reusing an idle connection touches no slot: the cap costs nothing per request.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -22,6 +29,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::error::{ErrorKind, GatewayError};
@@ -34,19 +42,53 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// Idle connections kept per backend; more are closed when they finish.
 const MAX_IDLE: usize = 256;
 
+/// How many connections a worker may open to one backend, and how long a request waits for
+/// one when all are in use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionCap {
+    /// Slots per backend on this worker; `None`: no cap.
+    pub(crate) per_worker: Option<usize>,
+    pub(crate) queue_timeout: Duration,
+}
+
+impl ConnectionCap {
+    /// `max_connections` per backend and instance (0: no cap), split evenly between
+    /// `workers`, rounded up so that every worker has at least one.
+    pub(crate) fn split(max_connections: usize, workers: usize, queue_timeout: Duration) -> Self {
+        let per_worker = (max_connections > 0).then(|| max_connections.div_ceil(workers.max(1)));
+        ConnectionCap { per_worker, queue_timeout }
+    }
+
+    fn slots(&self) -> usize {
+        self.per_worker.unwrap_or(Semaphore::MAX_PERMITS).min(Semaphore::MAX_PERMITS)
+    }
+}
+
 /// Where and how requests go upstream (see the module docs).
 pub(crate) struct Upstream {
     connector: HttpsConnector<HttpConnector>,
     pool: Arc<Pool>,
     timeout: Duration,
+    queue_timeout: Duration,
     /// Where answers and failures are counted (`None`: the readiness probe's own).
     metrics: Option<Arc<Metrics>>,
 }
 
-/// Idle connections by backend (`scheme://authority`); a gateway has a handful of backends.
-#[derive(Default)]
+/// Connections by backend (`scheme://authority`); a gateway has a handful of backends.
 struct Pool {
-    idle: Mutex<Vec<(Backend, VecDeque<Idle>)>>,
+    backends: Mutex<Vec<BackendPool>>,
+    slots_per_backend: usize,
+}
+
+/// One backend's idle connections and connection slots on one worker.
+struct BackendPool {
+    backend: Backend,
+    idle: VecDeque<Idle>,
+    /// One permit per connection that may be open; each open connection holds one.
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a connection (only then does a returned one wake anybody).
+    waiting: usize,
+    returned: Arc<Notify>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -55,20 +97,36 @@ struct Backend {
     authority: Authority,
 }
 
-struct Idle {
+/// An open connection and the slot it holds (freed when the connection is dropped).
+struct Connection {
     sender: SendRequest<UpstreamBody>,
+    slot: OwnedSemaphorePermit,
+}
+
+struct Idle {
+    connection: Connection,
     since: Instant,
+}
+
+/// How a request gets its connection.
+enum Checkout {
+    Idle(Connection),
+    /// No idle one: open a new connection in this slot.
+    New(OwnedSemaphorePermit),
 }
 
 /// Why a request did not get a response head.
 enum Failure {
     Connect(Box<dyn std::error::Error + Send + Sync>),
     Http(hyper::Error),
+    /// Every slot stayed in use for `upstream.queue_timeout`.
+    Busy(Duration),
 }
 
 impl Upstream {
-    /// `connect_timeout` bounds each new connection; `timeout` the wait for a response head.
-    pub(crate) fn new(connect_timeout: Duration, timeout: Duration) -> Self {
+    /// `connect_timeout` bounds each new connection; `timeout` the wait for a response head;
+    /// `cap` how many connections this worker may open per backend.
+    pub(crate) fn new(connect_timeout: Duration, timeout: Duration, cap: ConnectionCap) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -79,7 +137,8 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        Upstream { connector, pool: Arc::default(), timeout, metrics: None }
+        let pool = Arc::new(Pool { backends: Mutex::default(), slots_per_backend: cap.slots() });
+        Upstream { connector, pool, timeout, queue_timeout: cap.queue_timeout, metrics: None }
     }
 
     /// Counts this client's answers (time to head) and failures (by kind) in `metrics`.
@@ -126,30 +185,40 @@ impl Upstream {
         let backend = Backend::of(req.uri());
         *req.uri_mut() = origin_form(req.uri());
         let upgrade = crate::proxy::is_upgrade(&req);
-        let (mut sender, reused) = match self.pool.take(&backend).await {
-            Some(sender) => (sender, true),
-            // Boxed: the connector's future is large and rarely needed, and every request's
-            // future would otherwise carry its size.
-            None => (Box::pin(self.connect(&backend, upgrade)).await?, false),
+        let checkout = match self.pool.take(&backend).await {
+            Some(connection) => Checkout::Idle(connection),
+            // Boxed, as the connector's future below: rarely needed, and every request's
+            // future would otherwise carry their size.
+            None => Box::pin(self.pool.wait_for_connection(&backend, self.queue_timeout)).await?,
         };
-        let response = match sender.try_send_request(req).await {
+        let (mut connection, reused) = match checkout {
+            Checkout::Idle(connection) => (connection, true),
+            Checkout::New(slot) => (Box::pin(self.connect(&backend, upgrade, slot)).await?, false),
+        };
+        let response = match connection.sender.try_send_request(req).await {
             Ok(response) => response,
-            // The idle connection was closed before the request went out: a new one, once.
+            // The idle connection was closed before the request went out: a new one in its
+            // slot, once.
             Err(mut e) if reused && e.message().is_some() => {
                 let req = e.take_message().expect("checked above");
-                sender = Box::pin(self.connect(&backend, upgrade)).await?;
-                sender.try_send_request(req).await.map_err(|e| Failure::Http(e.into_error()))?
+                connection = Box::pin(self.connect(&backend, upgrade, connection.slot)).await?;
+                connection.sender.try_send_request(req).await.map_err(|e| Failure::Http(e.into_error()))?
             }
             Err(e) => return Err(Failure::Http(e.into_error())),
         };
-        let lease = Lease { pool: self.pool.clone(), backend, sender };
+        let lease = Lease { pool: self.pool.clone(), backend, connection };
         // An upgraded connection belongs to its tunnel from now on.
         let lease = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(lease);
         Ok(response.map(|body| UpstreamResponse { body, lease }))
     }
 
-    /// A new connection to `backend`, its task spawned on this worker's runtime.
-    async fn connect(&self, backend: &Backend, upgrade: bool) -> Result<SendRequest<UpstreamBody>, Failure> {
+    /// A new connection to `backend` in `slot`, its task spawned on this worker's runtime.
+    async fn connect(
+        &self,
+        backend: &Backend,
+        upgrade: bool,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Connection, Failure> {
         let uri = Uri::builder()
             .scheme(backend.scheme.clone())
             .authority(backend.authority.clone())
@@ -166,7 +235,7 @@ impl Upstream {
         } else {
             tokio::spawn(async move { log_connection_end(connection.await) });
         }
-        Ok(sender)
+        Ok(Connection { sender, slot })
     }
 }
 
@@ -192,41 +261,101 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 impl Pool {
-    /// An idle connection to `backend` that is still open and ready, newest first.
-    async fn take(&self, backend: &Backend) -> Option<SendRequest<UpstreamBody>> {
+    /// An idle connection to `backend` that is still open and ready, newest first. Stale ones
+    /// are dropped on the way, freeing their slots.
+    async fn take(&self, backend: &Backend) -> Option<Connection> {
         loop {
             let mut idle = self.pop(backend)?;
-            if idle.since.elapsed() > IDLE_TIMEOUT || idle.sender.is_closed() {
+            if idle.since.elapsed() > IDLE_TIMEOUT || idle.connection.sender.is_closed() {
                 continue;
             }
             // Ready at once unless its task has not yet seen the last response end.
-            if idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
+            if idle.connection.sender.ready().await.is_ok() {
+                return Some(idle.connection);
             }
         }
     }
 
     fn pop(&self, backend: &Backend) -> Option<Idle> {
-        let mut pools = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        pools.iter_mut().find(|(b, _)| b == backend).and_then(|(_, idle)| idle.pop_back())
+        self.with_backend(backend, |pool| pool.idle.pop_back())
     }
 
-    fn put(&self, backend: Backend, sender: SendRequest<UpstreamBody>) {
-        if sender.is_closed() {
-            return;
+    /// A free slot for a new connection, or a connection that another request of this worker
+    /// has finished with, whichever comes first within `patience`.
+    async fn wait_for_connection(&self, backend: &Backend, patience: Duration) -> Result<Checkout, Failure> {
+        let (slots, returned) =
+            self.with_backend(backend, |pool| (pool.slots.clone(), pool.returned.clone()));
+        if let Ok(slot) = slots.clone().try_acquire_owned() {
+            return Ok(Checkout::New(slot));
         }
-        let mut pools = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle = match pools.iter().position(|(b, _)| *b == backend) {
-            Some(i) => &mut pools[i].1,
-            None => {
-                pools.push((backend, VecDeque::new()));
-                &mut pools.last_mut().expect("just pushed").1
+        let _waiting = Waiting::register(self, backend);
+        let wait = async {
+            loop {
+                let returned = returned.notified();
+                if let Some(connection) = self.take(backend).await {
+                    return Checkout::Idle(connection);
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => return Checkout::New(slot.expect("never closed")),
+                    () = returned => {}
+                }
             }
         };
-        if idle.len() >= MAX_IDLE {
-            idle.pop_front();
+        tokio::time::timeout(patience, wait).await.map_err(|_| Failure::Busy(patience))
+    }
+
+    fn put(&self, backend: Backend, connection: Connection) {
+        if connection.sender.is_closed() {
+            return;
         }
-        idle.push_back(Idle { sender, since: Instant::now() });
+        let wake = self.with_backend(&backend, |pool| {
+            if pool.idle.len() >= MAX_IDLE {
+                pool.idle.pop_front();
+            }
+            pool.idle.push_back(Idle { connection, since: Instant::now() });
+            (pool.waiting > 0).then(|| pool.returned.clone())
+        });
+        if let Some(returned) = wake {
+            returned.notify_one();
+        }
+    }
+
+    /// Runs `f` on `backend`'s entry (made on first use) under the lock.
+    fn with_backend<T>(&self, backend: &Backend, f: impl FnOnce(&mut BackendPool) -> T) -> T {
+        let mut pools = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = match pools.iter().position(|pool| pool.backend == *backend) {
+            Some(i) => i,
+            None => {
+                pools.push(BackendPool {
+                    backend: backend.clone(),
+                    idle: VecDeque::new(),
+                    slots: Arc::new(Semaphore::new(self.slots_per_backend)),
+                    waiting: 0,
+                    returned: Arc::new(Notify::new()),
+                });
+                pools.len() - 1
+            }
+        };
+        f(&mut pools[i])
+    }
+}
+
+/// Counts a request as waiting for a connection to `backend` while it lives.
+struct Waiting<'a> {
+    pool: &'a Pool,
+    backend: &'a Backend,
+}
+
+impl<'a> Waiting<'a> {
+    fn register(pool: &'a Pool, backend: &'a Backend) -> Self {
+        pool.with_backend(backend, |entry| entry.waiting += 1);
+        Waiting { pool, backend }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pool.with_backend(self.backend, |entry| entry.waiting -= 1);
     }
 }
 
@@ -234,7 +363,7 @@ impl Pool {
 struct Lease {
     pool: Arc<Pool>,
     backend: Backend,
-    sender: SendRequest<UpstreamBody>,
+    connection: Connection,
 }
 
 /// The upstream's response body; its connection returns to the pool when the body is done.
@@ -247,7 +376,7 @@ impl Drop for UpstreamResponse {
     fn drop(&mut self) {
         // A body dropped before its end leaves the connection mid-message: not reusable.
         if let Some(lease) = self.lease.take().filter(|_| self.body.is_end_stream()) {
-            lease.pool.put(lease.backend, lease.sender);
+            lease.pool.put(lease.backend, lease.connection);
         }
     }
 }
@@ -278,6 +407,7 @@ impl Failure {
         use std::io::ErrorKind as Io;
         let http = match self {
             Failure::Connect(_) => return UpstreamError::Connect,
+            Failure::Busy(_) => return UpstreamError::Busy,
             Failure::Http(e) => e,
         };
         if http.is_parse() || http.is_parse_status() || http.is_parse_too_large() {
@@ -313,6 +443,14 @@ impl Failure {
         let reason = match self {
             Failure::Connect(e) => format!("upstream connect failed: {}", error_chain(e.as_ref())),
             Failure::Http(e) => format!("upstream request failed: {}", error_chain(e)),
+            Failure::Busy(waited) => {
+                return GatewayError::new(ErrorKind::Unavailable, "upstream is busy, try again shortly")
+                    .with_reason(format!(
+                        "every upstream connection stayed in use for {} (upstream.max_connections)",
+                        humantime::format_duration(*waited)
+                    ))
+                    .with_retry_after(Duration::from_secs(1));
+            }
         };
         GatewayError::new(ErrorKind::BadGateway, "upstream is unavailable").with_reason(reason)
     }

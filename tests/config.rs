@@ -73,6 +73,14 @@ fn zero_verify_budget_names_key_and_line() {
 }
 
 #[test]
+fn bad_upstream_connection_cap_names_key_and_line() {
+    // The base config ends inside `[upstream]`: these lines continue it.
+    expect_error("max_connections = -1\n", "upstream.max_connections", 7);
+    expect_error("max_connections = 2000000\n", "upstream.max_connections", 7);
+    expect_error("queue_timeout = \"soon\"\n", "upstream.queue_timeout", 7);
+}
+
+#[test]
 fn unknown_key_names_key_and_line() {
     expect_error("[auth]\nuser_hedaer = \"X-User\"\n", "auth.user_hedaer", 8);
 }

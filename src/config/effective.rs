@@ -104,6 +104,8 @@ pub fn render(config: &Config, source: &SourceInfo) -> String {
     }
     out.kv("connect_timeout", duration(u.connect_timeout));
     out.kv("timeout", duration(u.timeout));
+    out.kv("max_connections", u.max_connections.to_string());
+    out.kv("queue_timeout", duration(u.queue_timeout));
 
     let f = &config.frappe;
     out.table("frappe");

@@ -62,6 +62,8 @@ pub(super) struct RawUpstream {
     pub site_name: S<String>,
     pub connect_timeout: S<String>,
     pub timeout: S<String>,
+    pub max_connections: S<u64>,
+    pub queue_timeout: S<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -68,6 +68,10 @@ pub struct UpstreamConfig {
     pub site_name: Option<String>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Connections open to each backend at once, per instance (0 = no cap).
+    pub max_connections: usize,
+    /// How long a request waits for a connection when all are in use (then 503).
+    pub queue_timeout: Duration,
 }
 
 /// Where keys are verified and users synced.

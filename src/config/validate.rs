@@ -72,10 +72,14 @@ pub fn parse(src: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Res
     }
 }
 
-/// More whoami calls in flight than this would not protect Frappe from anything.
 mod policy;
 
+/// More whoami calls in flight than this would not protect Frappe from anything.
 const MAX_VERIFY_CONCURRENCY: u64 = 10_000;
+/// `upstream.max_connections` when unset: more than gunicorn's workers take at once (the
+/// rest wait in its backlog either way), few enough that a burst cannot flood the backlog.
+const DEFAULT_UPSTREAM_CONNECTIONS: usize = 512;
+const MAX_UPSTREAM_CONNECTIONS: u64 = 1_000_000;
 
 struct Validator<'a> {
     src: &'a str,
@@ -280,6 +284,16 @@ impl Validator<'_> {
         cfg.site_name = self.value("upstream.site_name", &u.site_name, |h| parse_host(h));
         cfg.connect_timeout = self.duration("upstream.connect_timeout", &u.connect_timeout, "2s");
         cfg.timeout = self.duration("upstream.timeout", &u.timeout, "120s");
+        cfg.max_connections = self
+            .value("upstream.max_connections", &u.max_connections, |&n| {
+                if n > MAX_UPSTREAM_CONNECTIONS {
+                    Err(format!("must be at most {MAX_UPSTREAM_CONNECTIONS} (0 = no cap)"))
+                } else {
+                    Ok(n as usize)
+                }
+            })
+            .unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
+        cfg.queue_timeout = self.duration("upstream.queue_timeout", &u.queue_timeout, "10s");
         cfg
     }
 
@@ -350,6 +364,8 @@ fn upstream_defaults(url: Uri) -> UpstreamConfig {
         site_name: None,
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(120),
+        max_connections: DEFAULT_UPSTREAM_CONNECTIONS,
+        queue_timeout: Duration::from_secs(10),
     }
 }
 
