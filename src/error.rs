@@ -31,6 +31,8 @@ pub enum ErrorKind {
     TooManyRequests,
     /// 431: headers over `server.max_header_bytes`.
     HeadersTooLarge,
+    /// 414: a request URI over the HTTP parser's 64 KiB.
+    UriTooLong,
     /// 502: the upstream refused, reset or sent garbage.
     BadGateway,
     /// 503: cannot verify now, or overloaded.
@@ -50,6 +52,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::BadGateway => StatusCode::BAD_GATEWAY,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -68,6 +71,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => "RequestEntityTooLarge",
             ErrorKind::TooManyRequests => "TooManyRequestsError",
             ErrorKind::HeadersTooLarge => "RequestHeaderFieldsTooLarge",
+            ErrorKind::UriTooLong => "RequestURITooLarge",
             ErrorKind::BadGateway => "BadGatewayError",
             ErrorKind::Unavailable => "ServiceUnavailableError",
             ErrorKind::GatewayTimeout => "GatewayTimeoutError",
@@ -99,7 +103,8 @@ impl ErrorKind {
             | ErrorKind::MethodNotAllowed
             | ErrorKind::RequestTimeout
             | ErrorKind::PayloadTooLarge
-            | ErrorKind::HeadersTooLarge => Decision::Deny,
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::UriTooLong => Decision::Deny,
         }
     }
 }

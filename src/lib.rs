@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 mod error;
 pub mod frappe_request;
+mod head_error_reply;
 pub mod health;
 mod metrics;
 mod outcome;

@@ -12,7 +12,8 @@ use std::time::{Instant, SystemTime};
 use http::{Method, Uri, Version};
 
 use crate::access_log::{AccessRecord, KeyLabel, LoggablePath};
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
+use crate::head_error_reply;
 use crate::outcome::{AuthOutcome, Decision, Limiter, MethodClass};
 use crate::pipeline::ConnInfo;
 use crate::request_body::BodyStats;
@@ -103,15 +104,14 @@ impl RequestLog {
         }
     }
 
-    /// Logs a request whose head HTTP/1.1 parsing rejected (hyper answered it with a bare
-    /// 400 / 431 and closed the connection): there is no method or path to log.
-    pub(crate) fn unparsed(conn: &Arc<ConnInfo>, status: u16, reason: &'static str) {
+    /// Logs a request whose head HTTP/1.1 parsing rejected (answered with `kind`'s status,
+    /// after which hyper closes the connection): there is no method or path to log.
+    pub(crate) fn unparsed(conn: &Arc<ConnInfo>, kind: ErrorKind, request_id: RequestId, bytes_out: u64) {
         let req = http::Request::new(());
-        let request_id = conn.shared.obs.request_ids.next();
         let mut log = Box::new(RequestLog::begin(conn, &req, request_id, conn.peer));
-        (log.method, log.uri, log.status) = (None, None, status);
-        (log.decision, log.reason) = (Decision::Deny, Some(Cow::Borrowed(reason)));
-        log.finish(0);
+        (log.method, log.uri, log.status) = (None, None, kind.status().as_u16());
+        (log.decision, log.reason) = (kind.decision(), Some(Cow::Borrowed(head_error_reply::message(kind))));
+        log.finish(bytes_out);
     }
 
     /// Records a refusal the gateway answered itself.

@@ -20,6 +20,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::activity_io::{Activity, ActivityIo};
 use crate::config::ServerConfig;
+use crate::error::ErrorKind;
+use crate::head_error_reply::HeadErrorReply;
 use crate::outcome::TlsFailure;
 use crate::pipeline::{self, ConnInfo};
 use crate::request_log::RequestLog;
@@ -273,7 +275,7 @@ async fn serve_io<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, activity) = ActivityIo::new(io);
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(HeadErrorReply::new(io, info.clone()));
     let served = Arc::new(AtomicBool::new(false));
     let closing = watch_reasons_to_close(listener, activity, served.clone(), shutdown);
     let handle = {
@@ -362,19 +364,22 @@ async fn first_request_overdue(served: &AtomicBool, limit: Duration) {
 }
 
 /// A request head hyper rejected (too large, malformed) never reached the pipeline: it still
-/// gets its access-log line.
+/// gets its access-log line, here unless its answer already logged it.
 fn log_connection_end(info: &Arc<ConnInfo>, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
     let Err(error) = result else { return };
     let Some(error) = error.downcast_ref::<hyper::Error>() else { return };
-    let (status, reason) = if error.is_parse_too_large() {
-        (431, "request head larger than the HTTP parser accepts")
+    if info.unparsed_answered() {
+        return;
+    }
+    let kind = if error.is_parse_too_large() {
+        ErrorKind::HeadersTooLarge
     } else if error.is_parse() {
-        (400, "malformed request head")
+        ErrorKind::BadRequest
     } else {
         if error.is_timeout() {
             tracing::debug!(peer = %info.peer, "client too slow sending request headers; disconnected");
         }
         return;
     };
-    RequestLog::unparsed(info, status, reason);
+    RequestLog::unparsed(info, kind, info.shared.obs.request_ids.next(), 0);
 }

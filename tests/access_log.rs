@@ -289,38 +289,65 @@ async fn abandoned_request_is_logged_once_as_499() {
     }
 }
 
-/// Requests hyper itself refuses before the pipeline sees them — a head larger than its parse
-/// buffer (2 × max_header_bytes, at least 64 KiB), a malformed head — still get exactly one
-/// access-log line. Their answer is hyper's own bare 400 / 431 (no body, no request id: the
-/// HTTP parser offers no hook for it), as the README's error table says.
+/// Requests the HTTP/1.1 parser refuses before the pipeline sees them — a head larger than
+/// its buffer (2 × max_header_bytes, at least 64 KiB), a line that is not a header, a control
+/// byte in a value, a bad request line, an unreadable or contradictory `Content-Length` — get
+/// the gateway's own answer: the parser's status, Frappe's error JSON, an `X-Request-Id`, and
+/// exactly one access-log line with that id.
 #[tokio::test]
-async fn requests_refused_by_the_http_parser_are_logged_once() {
-    use tokio::io::AsyncWriteExt;
+async fn requests_refused_by_the_http_parser_get_json_and_one_log_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let frappe = FakeFrappe::start().await;
     let certs = Certs::generate();
     let gateway = Gateway::start(&config(&frappe, &certs).build(), &[]).await;
     let port = gateway.proxy_addr().port();
-    let huge = format!(
-        "GET /huge-head HTTP/1.1\r\nHost: localhost:{port}\r\nX-Huge: {}\r\n\r\n",
-        "h".repeat(100 * 1024)
-    );
-    let malformed = format!("GET /bad-head HTTP/1.1\r\nHost: localhost:{port}\r\nno colon here\r\n\r\n");
-    for (request, status) in [(huge, 431), (malformed, 400)] {
+    let head = |lines: &str| format!("GET /bad-head HTTP/1.1\r\nHost: localhost:{port}\r\n{lines}\r\n");
+    let cases = [
+        (head(&format!("X-Huge: {}\r\n", "h".repeat(100 * 1024))), 431, "RequestHeaderFieldsTooLarge"),
+        (head("no colon here\r\n"), 400, "ValidationError"),
+        (head("X-Bell: a\x07b\r\n"), 400, "ValidationError"),
+        (head("Content-Length: ten\r\n"), 400, "ValidationError"),
+        (head("Content-Length: 1\r\nContent-Length: 2\r\n"), 400, "ValidationError"),
+        (format!("GET /a b HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"), 400, "ValidationError"),
+    ];
+    for (request, status, exc_type) in &cases {
         let mut tls = common::tls_connect(gateway.proxy_addr(), &certs.ca_pem, &["http/1.1"]).await;
         let _ = tls.write_all(request.as_bytes()).await;
-        let head = tokio::time::timeout(LOG_WAIT, common::read_response_head(&mut tls))
+        let mut answer = Vec::new();
+        tokio::time::timeout(LOG_WAIT, tls.read_to_end(&mut answer)).await.expect("an answer").ok();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("a response: {answer:?}"));
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "expected {status}: {head:?}");
+        assert!(head.contains("\r\ncontent-type: application/json\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("a request id: {head}"));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.parse().ok())
+            .expect("content-length");
+        assert_eq!(length, body.len(), "the body is all there: {answer}");
+        let json: Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(json["exc_type"], *exc_type, "{json}");
+        assert_eq!(json["request_id"], id, "{json}");
+        let line = gateway
+            .wait_for_access_log(|l| l["request_id"] == id, LOG_WAIT)
             .await
-            .expect("an answer")
-            .unwrap_or_default();
-        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "expected {status}: {head:?}");
+            .unwrap_or_else(|| panic!("a log line for {id}:\n{}", gateway.stdout_text()));
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["decision"], "deny", "{line}");
     }
     let last = sentinel(&gateway, &certs).await;
     assert!(gateway.wait_for_access_log(|l| l["request_id"] == last.as_str(), LOG_WAIT).await.is_some());
     let lines = gateway.access_log_lines();
     for status in [431, 400] {
         let count = lines.iter().filter(|l| l["status"] == status).count();
-        assert_eq!(count, 1, "access-log lines with status {status}:\n{}", gateway.stdout_text());
+        let expected = cases.iter().filter(|(_, s, _)| *s == status).count();
+        assert_eq!(count, expected, "access-log lines with status {status}:\n{}", gateway.stdout_text());
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use http::{Request, Response, Version};
@@ -31,6 +31,8 @@ pub(crate) struct ConnInfo {
     pub(crate) worker: usize,
     /// HTTP/2 responses sent on the connection (see [`ConnInfo::seeds_hpack_names`]).
     h2_responses: AtomicU32,
+    /// The head the HTTP parser refused has been answered and logged (`head_error_reply`).
+    unparsed_answered: AtomicBool,
 }
 
 /// Every this many HTTP/2 responses of a connection (the first included), one sends its
@@ -39,7 +41,24 @@ const HPACK_SEED_EVERY: u32 = 256;
 
 impl ConnInfo {
     pub(crate) fn new(shared: Arc<Shared>, peer: IpAddr, tls: Option<&'static str>, worker: usize) -> Self {
-        ConnInfo { shared, peer, tls, worker, h2_responses: AtomicU32::new(0) }
+        ConnInfo {
+            shared,
+            peer,
+            tls,
+            worker,
+            h2_responses: AtomicU32::new(0),
+            unparsed_answered: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that the head the HTTP parser refused has been answered and logged (hyper closes
+    /// the connection after it: one per connection).
+    pub(crate) fn set_unparsed_answered(&self) {
+        self.unparsed_answered.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn unparsed_answered(&self) -> bool {
+        self.unparsed_answered.load(Ordering::Relaxed)
     }
 
     /// Whether this HTTP/2 response sends its per-response values (`X-Request-Id`,
