@@ -26,7 +26,7 @@ fn model(c: &mut Criterion) {
     });
     let post: Uri = "/api/method/frappe.client.set_value".parse().unwrap();
     let body = urlencoded_kib();
-    let kind = body_kind(Some("application/x-www-form-urlencoded")).unwrap();
+    let kind = body_kind(Some(b"application/x-www-form-urlencoded")).unwrap();
     group.bench_function("urlencoded_post_1kib", |b| {
         b.iter(|| {
             let mut request = FrappeRequest::from_head(&Method::POST, black_box(&post)).unwrap();
@@ -35,7 +35,7 @@ fn model(c: &mut Criterion) {
         })
     });
     let json = br#"{"doctype":"ToDo","description":"a note from the mobile app","priority":"Medium","status":"Open"}"#;
-    let json_kind = body_kind(Some("application/json")).unwrap();
+    let json_kind = body_kind(Some(b"application/json")).unwrap();
     group.bench_function("json_post_small", |b| {
         b.iter(|| {
             let mut request = FrappeRequest::from_head(&Method::POST, black_box(&post)).unwrap();

@@ -4,14 +4,23 @@
 //! WSGI servers map header names to `HTTP_X_FRAPPE_USER`-style keys, so `X_Frappe_User`
 //! reaches Frappe as the trusted user header; nginx drops such names by default
 //! (`underscores_in_headers off`). A header listed in `Connection` is removed by every hop, so
-//! `Connection: authorization` would remove the very header the gateway verified.
+//! `Connection: authorization` would remove the very header the gateway verified, and
+//! `Connection: content-type` the one by which it read the body's `cmd` (Frappe would then
+//! read the query's).
 
-use http::header::{HeaderName, AUTHORIZATION, CONNECTION, CONTENT_TYPE, COOKIE};
+use http::header::{
+    HeaderName, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, TRANSFER_ENCODING,
+};
 use http::request::Parts;
 use http::Method;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::proxy::{SPOOFABLE, X_REQUEST_ID};
+
+/// Headers the gateway judges a request by (or Frappe by them): never removed on a client's
+/// word through `Connection`.
+const JUDGED_HEADERS: [HeaderName; 6] =
+    [AUTHORIZATION, COOKIE, CONTENT_TYPE, CONTENT_LENGTH, TRANSFER_ENCODING, HOST];
 
 /// Refuses what must not be forwarded and drops client copies of the user header.
 pub(crate) fn check(head: &mut Parts, user_header: &HeaderName) -> Result<(), GatewayError> {
@@ -38,7 +47,7 @@ pub(crate) fn check(head: &mut Parts, user_header: &HeaderName) -> Result<(), Ga
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
-        .find(|t| t == AUTHORIZATION.as_str() || t == COOKIE.as_str() || t == user_header.as_str());
+        .find(|t| JUDGED_HEADERS.iter().any(|h| h.as_str() == t) || t == user_header.as_str());
     if let Some(token) = hop_named {
         return Err(bad_header(format!("Connection may not name {token}")));
     }
@@ -94,7 +103,9 @@ mod tests {
                 .unwrap_err(),
             400
         );
-        for token in ["authorization", "Cookie", "keep-alive, X-Frappe-User"] {
+        for token in
+            ["authorization", "Cookie", "keep-alive, X-Frappe-User", "content-type", "Content-Length"]
+        {
             assert_eq!(check_headers(&[("connection", token)]).unwrap_err(), 400, "{token}");
         }
         assert!(check_headers(&[("connection", "keep-alive")]).is_ok());

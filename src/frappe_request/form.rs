@@ -6,13 +6,18 @@
 //! fields (urlencoded or multipart) over them. For repeated names the first value wins
 //! (`dict.update(MultiDict)`); in JSON the last one does (Python's `json`) — serde refuses
 //! duplicates instead, which fails closed.
-
-use std::borrow::Cow;
+//!
+//! Parameters of `Content-Type` and of each part's `Content-Disposition` are read by a port of
+//! werkzeug's own parser (`options_header`). A form werkzeug would silently parse as empty —
+//! an urlencoded body or a part header that is not UTF-8 — is refused: Frappe would run the
+//! query's `cmd` (or the path) while the body's was judged.
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+
+use super::options_header;
 
 /// How Frappe will parse a request body, from its `Content-Type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +40,12 @@ pub enum FormError {
     CmdNotString,
     #[error("the multipart body is malformed")]
     BadMultipart,
+    #[error("Content-Type must be ASCII")]
+    ContentTypeNotAscii,
+    #[error("a form body must be UTF-8")]
+    FormNotUtf8,
+    #[error("multipart part headers must be UTF-8")]
+    PartHeaderNotUtf8,
     #[error("a multipart body needs a boundary parameter in Content-Type")]
     NoBoundary,
     #[error("a multipart part named {0:?} must be a plain field, not a file")]
@@ -86,17 +97,22 @@ impl FormFields {
     }
 }
 
-/// Werkzeug's `mimetype` (before `;`, trimmed, lower-cased) mapped to how it parses the body.
-pub fn body_kind(content_type: Option<&str>) -> Result<BodyKind, FormError> {
+/// Werkzeug's `mimetype` (before `;`, trimmed, lower-cased) mapped to how it parses the body,
+/// with its `boundary` (the last one, unquoted). A `Content-Type` that is not ASCII is refused:
+/// werkzeug would read it as Latin-1, and a non-ASCII boundary makes it drop the form.
+pub fn body_kind(content_type: Option<&[u8]>) -> Result<BodyKind, FormError> {
     let Some(ct) = content_type else { return Ok(BodyKind::Opaque) };
-    let mimetype = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let ct = std::str::from_utf8(ct).ok().filter(|ct| ct.is_ascii()).ok_or(FormError::ContentTypeNotAscii)?;
+    let header = options_header::parse(ct);
+    let mimetype = header.value.to_ascii_lowercase();
     Ok(match mimetype.as_str() {
         "application/json" => BodyKind::Json,
         m if m.starts_with("application/") && m.ends_with("+json") => BodyKind::Json,
         "application/x-www-form-urlencoded" => BodyKind::UrlEncoded,
-        "multipart/form-data" => {
-            BodyKind::Multipart { boundary: multer::parse_boundary(ct).map_err(|_| FormError::NoBoundary)? }
-        }
+        "multipart/form-data" => match header.get("boundary") {
+            Some(boundary) if !boundary.is_empty() => BodyKind::Multipart { boundary: boundary.to_string() },
+            _ => return Err(FormError::NoBoundary),
+        },
         _ => BodyKind::Opaque,
     })
 }
@@ -112,7 +128,7 @@ pub fn fields(query: Option<&str>, kind: &BodyKind, body: &[u8]) -> Result<FormF
         fields.offer(&mut seen, &name, &value);
     }
     let (form, form_seen) = match kind {
-        BodyKind::UrlEncoded => urlencoded_fields(body),
+        BodyKind::UrlEncoded => urlencoded_fields(body)?,
         BodyKind::Multipart { boundary } => multipart_fields(body, boundary)?,
         BodyKind::Json | BodyKind::Opaque => return Ok(fields),
     };
@@ -124,13 +140,15 @@ pub fn query_fields(query: Option<&str>) -> FormFields {
     fields(query, &BodyKind::Opaque, b"").unwrap_or_default()
 }
 
-fn urlencoded_fields(body: &[u8]) -> (FormFields, [bool; 3]) {
+/// Werkzeug decodes the body as UTF-8 first, and parses a body that is not as an empty form.
+fn urlencoded_fields(body: &[u8]) -> Result<(FormFields, [bool; 3]), FormError> {
+    std::str::from_utf8(body).map_err(|_| FormError::FormNotUtf8)?;
     let mut seen = [false; 3];
     let mut fields = FormFields::default();
     for (name, value) in form_urlencoded::parse(body) {
         fields.offer(&mut seen, &name, &value);
     }
-    (fields, seen)
+    Ok((fields, seen))
 }
 
 /// Only the judged keys are read; every other value is skipped without being built.
@@ -193,72 +211,25 @@ fn multipart_fields(body: &[u8], boundary: &str) -> Result<(FormFields, [bool; 3
 }
 
 /// The judged field a multipart part carries, by werkzeug's reading of its
-/// `Content-Disposition` (quoted strings with escapes, RFC 2231 `name*=`, keys in any case).
-/// A judged name on a file part is refused: its value is not a field Frappe would see, but a
-/// parser that disagreed about `filename` would make it one.
+/// `Content-Disposition`: `name`, and `filename` making it a file. Werkzeug decodes every part
+/// header as UTF-8 and parses a form with one that is not as empty: refused. A judged name on
+/// a file part is refused too: its value is not a field Frappe would see, but a parser that
+/// disagreed about `filename` would make it one.
 pub(crate) fn judged_part(headers: &http::HeaderMap) -> Result<Option<&'static str>, FormError> {
+    if headers.values().any(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
+        return Err(FormError::PartHeaderNotUtf8);
+    }
     let Some(disposition) = headers.get(http::header::CONTENT_DISPOSITION) else {
         return Err(FormError::BadMultipart);
     };
-    let disposition = String::from_utf8_lossy(disposition.as_bytes());
-    let params = disposition_params(&disposition);
-    let is_file = params.iter().any(|(k, _)| k == "filename" || k == "filename*");
-    let judged = params
-        .iter()
-        .filter(|(k, _)| k == "name" || k == "name*")
-        .find_map(|(_, v)| JUDGED_FIELDS.iter().find(|f| **f == v.as_ref()).copied());
+    let disposition =
+        std::str::from_utf8(disposition.as_bytes()).map_err(|_| FormError::PartHeaderNotUtf8)?;
+    let options = options_header::parse(disposition);
+    let judged = options.get("name").and_then(|name| JUDGED_FIELDS.iter().find(|f| **f == name).copied());
     match judged {
-        Some(name) if is_file => Err(FormError::FileNamed(name)),
+        Some(name) if options.get("filename").is_some() => Err(FormError::FileNamed(name)),
         other => Ok(other),
     }
-}
-
-/// `form-data; name="a\"b"; filename*=UTF-8''x%20y` → `[("name", "a\"b"), ("filename*", "x y")]`.
-fn disposition_params(value: &str) -> Vec<(String, Cow<'_, str>)> {
-    let mut params = Vec::new();
-    let mut rest = value.split_once(';').map_or("", |(_, r)| r);
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once('=').unwrap_or((rest, ""));
-        let key = key.trim().trim_start_matches(';').trim().to_ascii_lowercase();
-        let after = after.trim_start();
-        let (raw, tail) = if let Some(quoted) = after.strip_prefix('"') {
-            unquote(quoted)
-        } else {
-            let (v, t) = after.split_once(';').unwrap_or((after, ""));
-            (Cow::Borrowed(v.trim()), t)
-        };
-        let value = if key.ends_with('*') { decode_2231(&raw) } else { raw };
-        params.push((key, value));
-        rest = tail;
-    }
-    params
-}
-
-/// A quoted string's content (backslash escapes removed) and what follows its closing quote.
-fn unquote(s: &str) -> (Cow<'_, str>, &str) {
-    let mut out = String::new();
-    let mut chars = s.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some((_, next)) = chars.next() {
-                    out.push(next);
-                }
-            }
-            '"' => {
-                let tail = &s[i + 1..];
-                return (Cow::Owned(out), tail.split_once(';').map_or("", |(_, t)| t));
-            }
-            c => out.push(c),
-        }
-    }
-    (Cow::Owned(out), "")
-}
-
-/// RFC 2231 `charset'lang'percent-encoded` → text.
-fn decode_2231(s: &str) -> Cow<'static, str> {
-    let encoded = s.splitn(3, '\'').nth(2).unwrap_or(s);
-    Cow::Owned(percent_encoding::percent_decode_str(encoded).decode_utf8_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -280,17 +251,17 @@ mod tests {
 
     #[test]
     fn content_types_as_werkzeug_reads_them() {
-        assert_eq!(body_kind(Some("application/json")), Ok(BodyKind::Json));
-        assert_eq!(body_kind(Some("Application/JSON ; charset=utf-8")), Ok(BodyKind::Json));
-        assert_eq!(body_kind(Some("application/vnd.api+json")), Ok(BodyKind::Json));
-        assert_eq!(body_kind(Some("application/x-www-form-urlencoded")), Ok(BodyKind::UrlEncoded));
+        assert_eq!(body_kind(Some(b"application/json")), Ok(BodyKind::Json));
+        assert_eq!(body_kind(Some(b"Application/JSON ; charset=utf-8")), Ok(BodyKind::Json));
+        assert_eq!(body_kind(Some(b"application/vnd.api+json")), Ok(BodyKind::Json));
+        assert_eq!(body_kind(Some(b"application/x-www-form-urlencoded")), Ok(BodyKind::UrlEncoded));
         assert_eq!(
-            body_kind(Some("multipart/form-data; boundary=abc")),
+            body_kind(Some(b"multipart/form-data; boundary=abc")),
             Ok(BodyKind::Multipart { boundary: "abc".into() })
         );
-        assert_eq!(body_kind(Some("multipart/form-data")), Err(FormError::NoBoundary));
-        assert_eq!(body_kind(Some("text/plain")), Ok(BodyKind::Opaque));
-        assert_eq!(body_kind(Some("text/json")), Ok(BodyKind::Opaque));
+        assert_eq!(body_kind(Some(b"multipart/form-data")), Err(FormError::NoBoundary));
+        assert_eq!(body_kind(Some(b"text/plain")), Ok(BodyKind::Opaque));
+        assert_eq!(body_kind(Some(b"text/json")), Ok(BodyKind::Opaque));
         assert_eq!(body_kind(None), Ok(BodyKind::Opaque));
     }
 
@@ -335,8 +306,17 @@ mod tests {
         assert_eq!(cmd(Some("cmd=q"), &kind, &body), Some("m.n".into()));
         let (kind, body) = multipart(&[("form-data; NAME=cmd", "m.n")]);
         assert_eq!(cmd(None, &kind, &body), Some("m.n".into()));
+        // werkzeug unescapes only `\\` and `\"`: this field is `c\md`, not `cmd`.
         let (kind, body) = multipart(&[("form-data; name=\"c\\md\"", "m.n")]);
+        assert_eq!(cmd(None, &kind, &body), None);
+        let (kind, body) = multipart(&[("form-data; name*0=c; name*1=md", "m.n")]);
         assert_eq!(cmd(None, &kind, &body), Some("m.n".into()));
+        let (kind, body) = multipart(&[("form-data; foo; name=cmd", "m.n")]);
+        assert_eq!(cmd(None, &kind, &body), Some("m.n".into()));
+        let (kind, body) = multipart(&[("form-data; name=cmd; name=x", "m.n")]);
+        assert_eq!(cmd(None, &kind, &body), None);
+        let (kind, body) = multipart(&[("form-data; name=cmd; filename*0=x", "m.n")]);
+        assert_eq!(fields(None, &kind, body.as_bytes()), Err(FormError::FileNamed("cmd")));
         let (kind, body) = multipart(&[("form-data; name*=UTF-8''%63md", "m.n")]);
         assert_eq!(cmd(None, &kind, &body), Some("m.n".into()));
         let (kind, body) = multipart(&[("form-data; name=\"sid\"", "abc")]);
@@ -349,12 +329,22 @@ mod tests {
         assert_eq!(fields(None, &kind, b"--XyZ\r\nnot a part"), Err(FormError::BadMultipart));
     }
 
+    /// Forms werkzeug would parse as empty (so the query's `cmd` would run) are refused.
     #[test]
-    fn disposition_parameters() {
-        let p = disposition_params("form-data; name=\"a;b\"; filename*=UTF-8''x%20y; x=1");
+    fn forms_werkzeug_would_drop_are_refused() {
+        let form = BodyKind::UrlEncoded;
+        assert_eq!(fields(Some("cmd=q"), &form, b"cmd=f&x=\xff"), Err(FormError::FormNotUtf8));
+        assert_eq!(cmd(Some("cmd=q"), &form, "cmd=f&x=%FF"), Some("f".into()), "percent-encoded is fine");
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=cmd\r\nX-A: \xff\r\n\r\nf\r\n--XyZ--\r\n";
+        let kind = BodyKind::Multipart { boundary: "XyZ".into() };
+        assert_eq!(fields(Some("cmd=q"), &kind, body), Err(FormError::PartHeaderNotUtf8));
+        let latin1 = b"application/x-www-form-urlencoded; x=\xe9";
+        assert_eq!(body_kind(Some(latin1)), Err(FormError::ContentTypeNotAscii));
+        // werkzeug keeps the last boundary.
         assert_eq!(
-            p,
-            vec![("name".into(), "a;b".into()), ("filename*".into(), "x y".into()), ("x".into(), "1".into())]
+            body_kind(Some(b"multipart/form-data; boundary=AAA; boundary=BBB")),
+            Ok(BodyKind::Multipart { boundary: "BBB".into() })
         );
+        assert_eq!(body_kind(Some(b"multipart/form-data; boundary=")), Err(FormError::NoBoundary));
     }
 }

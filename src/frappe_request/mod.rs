@@ -9,6 +9,7 @@
 //! the REST routes ([`rest`]).
 
 pub mod form;
+mod options_header;
 pub mod path;
 mod rest;
 pub mod scan;
@@ -342,7 +343,7 @@ mod properties {
         ) {
             let uri: Uri = "/api/resource/ToDo?cmd=x.y".parse().unwrap();
             let mut request = FrappeRequest::from_head(&Method::POST, &uri).unwrap();
-            let kind = body_kind(Some(ct)).unwrap();
+            let kind = body_kind(Some(ct.as_bytes())).unwrap();
             let _ = request.judge_body(&Method::POST, &uri, &kind, &body);
         }
     }

@@ -30,9 +30,7 @@ pub(super) async fn read(
         return Ok(UpstreamBody::empty(stats));
     }
     let kind = match route.target.frappe {
-        true => {
-            body_kind(head.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok())).map_err(form_refused)?
-        }
+        true => body_kind(head.headers.get(CONTENT_TYPE).map(|v| v.as_bytes())).map_err(form_refused)?,
         false => BodyKind::Opaque,
     };
     let limits = &ctx.rt.body_limits;
