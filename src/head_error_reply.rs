@@ -138,15 +138,18 @@ impl<I: AsyncWrite> AsyncWrite for HeadErrorReply<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         if this.reply.is_none() {
-            match parse_error_answer(data) {
-                Some(kind) => *this.reply = Some(Box::new(Reply::new(kind, data, this.conn))),
-                None => return this.inner.poll_write(cx, data),
+            if let Some(kind) = parse_error_answer(data) {
+                *this.reply = Some(Box::new(Reply::new(kind, data, this.conn)));
             }
         }
-        let reply = this.reply.as_mut().expect("set above");
-        ready!(reply.poll_write_rest(this.inner, cx))?;
-        // hyper closes the connection after its answer: nothing else is written.
-        Poll::Ready(Ok(std::mem::take(&mut reply.replaces)))
+        match this.reply.as_deref_mut() {
+            // Ours is written in place of hyper's; once it is, hyper's counts as written.
+            Some(reply) if reply.replaces > 0 => {
+                ready!(reply.poll_write_rest(this.inner, cx))?;
+                Poll::Ready(Ok(std::mem::take(&mut reply.replaces)))
+            }
+            _ => this.inner.poll_write(cx, data),
+        }
     }
 
     fn poll_write_vectored(

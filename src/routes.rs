@@ -1,9 +1,10 @@
 //! The `[[route]]` table: longest prefix wins, matched on every spelling of the call the
 //! Frappe request model says Frappe will run, so no spelling of a path escapes its route.
 //!
-//! A request has up to three spellings — the decoded path as sent, the v1 path of the call
-//! Frappe runs (a `cmd`, a v2 alias), and for a DocType controller function the part of its
-//! dotted path the DocType decides (`doctype.user.user.generate_keys`). A route is spelled the
+//! A request has up to four spellings — the decoded path as sent, the v1 path of the call
+//! Frappe runs (a `cmd`, a v2 alias), the other name of a `frappe.handler` function
+//! (`upload_file` is `frappe.handler.upload_file`), and for a DocType controller function the
+//! part of its dotted path the DocType decides (`doctype.user.user.generate_keys`). A route is spelled the
 //! same ways from its configured path. The route of the path as sent picks the backend; the
 //! stricter of it and the most specific route over all spellings is the one judged.
 
@@ -130,6 +131,8 @@ struct RequestSpelling<'a> {
     /// The path as sent, unless a `cmd` makes Frappe ignore it.
     path: Option<&'a str>,
     canonical: Option<String>,
+    /// The `frappe.handler` function's other name.
+    handler_alias: Option<String>,
     tail: Option<String>,
     doctype_method: bool,
 }
@@ -139,6 +142,7 @@ impl RequestSpelling<'_> {
         let s = &route.spelling;
         self.path.is_some_and(|p| s.covers_path(p))
             || self.canonical.as_deref().is_some_and(|c| s.covers_path(c))
+            || self.handler_alias.as_deref().is_some_and(|a| s.covers_path(a))
             || matches!((&self.tail, &s.tail), (Some(t), Some(prefix)) if t.starts_with(prefix.as_str()))
             || (self.doctype_method && s.maybe_controller && route.auth == AuthMode::Deny)
     }
@@ -207,6 +211,7 @@ impl RouteTable {
                 Some(path) if request.call.spelled_canonically(path) => None,
                 _ => request.call.canonical_path(),
             },
+            handler_alias: request.call.handler_alias_path(),
             tail: request.call.controller_tail(),
             doctype_method: matches!(request.call, Call::DocTypeMethod { .. }),
         };
@@ -337,6 +342,30 @@ mod tests {
         assert_eq!(judged(&t, Method::GET, "/api/method/pingX"), "/api/");
         // A cmd for a token method on a public route needs a token.
         assert_eq!(judged(&t, Method::GET, "/api/method/ping?cmd=frappe.client.get_list"), "/api/");
+    }
+
+    /// `upload_file` runs `frappe.handler.upload_file`: a route on either name covers both.
+    #[test]
+    fn frappe_handler_functions_in_both_spellings() {
+        let t = table(&[
+            ("/api/", Token),
+            ("/api/method/frappe.handler.upload_file", Deny),
+            ("/api/method/download_file", Deny),
+        ]);
+        assert_eq!(
+            judged(&t, Method::POST, "/api/method/upload_file"),
+            "/api/method/frappe.handler.upload_file"
+        );
+        assert_eq!(
+            judged(&t, Method::POST, "/api/resource/ToDo?cmd=upload_file"),
+            "/api/method/frappe.handler.upload_file"
+        );
+        assert_eq!(
+            judged(&t, Method::GET, "/api/method/frappe.handler.download_file"),
+            "/api/method/download_file"
+        );
+        assert_eq!(judged(&t, Method::GET, "/api/method/frappe.handler.ping"), "/api/");
+        assert_eq!(judged(&t, Method::GET, "/api/method/frappe.handlers.upload_file"), "/api/");
     }
 
     #[test]

@@ -793,6 +793,30 @@ async fn v2_doctype_methods_are_judged_by_their_controller_path() {
     f.finish();
 }
 
+/// A method name without a dot runs the `frappe.handler` function of that name
+/// (`handler.get_attr`): a `deny` on either name refuses both.
+#[tokio::test]
+async fn frappe_handler_shorthands_are_judged_as_the_function_they_run() {
+    let deny = "[[route]]\npath = \"/api/method/frappe.handler.upload_file\"\nauth = \"deny\"\n\n\
+                [[route]]\npath = \"/api/method/download_file\"\nauth = \"deny\"\n";
+    let env = env(deny).await;
+    let mut f = Failures::default();
+    for proto in BOTH {
+        for req in [
+            Req::post("/api/method/upload_file"),
+            Req::post("/api/v2/method/upload_file"),
+            Req::post("/api/resource/ToDo").form("cmd=upload_file"),
+            Req::get("/api/method/frappe.handler.download_file?file_url=/files/x"),
+            Req::get("/api/resource/ToDo?cmd=frappe.handler.download_file"),
+        ] {
+            let req = req.clone().token();
+            let seen = env.send(proto, &req).await;
+            expect_refused(&mut f, &env, &req.describe(proto), &seen, 403, Some("PermissionError"));
+        }
+    }
+    f.finish();
+}
+
 #[tokio::test]
 async fn v2_doctype_methods_follow_user_doctype_and_rpc_rules() {
     let users = format!(

@@ -78,6 +78,19 @@ impl Call {
         }
     }
 
+    /// The other name of a `frappe.handler` function: Frappe runs a method name without a
+    /// dot as `frappe.handler.<name>` (`handler.get_attr`: `globals()[cmd]`, after any Server
+    /// Script API of that name), so `upload_file` and `frappe.handler.upload_file` are one
+    /// function. The path of the other spelling, for route matching.
+    pub fn handler_alias_path(&self) -> Option<String> {
+        let Call::Method(m) = self else { return None };
+        if !m.is_empty() && !m.contains('.') {
+            return Some(format!("/api/method/frappe.handler.{m}"));
+        }
+        let short = m.strip_prefix("frappe.handler.")?;
+        (!short.is_empty() && !short.contains('.')).then(|| format!("/api/method/{short}"))
+    }
+
     /// True when `path` already is [`Self::canonical_path`] (checked without building it).
     pub fn spelled_canonically(&self, path: &str) -> bool {
         let (prefix, first, second) = match self {
