@@ -212,8 +212,9 @@ struct Streamed {
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
     scan: Option<MultipartScan>,
-    /// With a scan, one frame is held back until the next arrives (or the scan ends), so the
-    /// upstream never has a complete body that the scan has not cleared.
+    /// With a scan, one data frame is held back until the next arrives (or the scan ends), so
+    /// the upstream never has a complete body that the scan has not cleared (the scan judges
+    /// werkzeug's 64 KiB reads, the last one only once the body has ended).
     held: Option<Frame<Bytes>>,
 }
 
@@ -319,6 +320,11 @@ impl Streamed {
             }
             let Some(scan) = self.scan.as_mut() else { return Poll::Ready(Some(Ok(frame))) };
             if let Some(data) = frame.data_ref() {
+                // An empty frame (HTTP/2's END_STREAM alone) must not release the held one:
+                // that one holds the body's last bytes, which wait for the scan's verdict.
+                if data.is_empty() {
+                    continue;
+                }
                 scan.push(data.clone());
             }
             if let Poll::Ready(Err(e)) = scan.poll(cx) {

@@ -1,6 +1,6 @@
-//! The gateway's reading of a form body (`frappe_request::form::{body_kind, fields}`, built on
-//! multer and `form_urlencoded`) against werkzeug 3.0.6's own (`MultiPartParser`,
-//! `parse_qsl`), on a few thousand bodies generated from the quirks where two parsers are
+//! The gateway's reading of a form body (`frappe_request::form::{body_kind, fields}`: its ports
+//! of werkzeug's multipart decoder, `parse_options_header` and `parse_qsl`) against werkzeug
+//! 3.0.6's own (`MultiPartParser`, `parse_qsl`), on a few thousand bodies generated from the quirks where two parsers are
 //! likely to part ways: LF- or CR-only line endings, transport padding after a boundary,
 //! boundaries in the preamble, no closing boundary, data after it, parts with no blank line,
 //! odd header spellings, obs-folds, repeated `Content-Disposition`, part charsets and BOMs,

@@ -12,12 +12,12 @@
 //! an urlencoded body or a part header that is not UTF-8 — is refused: Frappe would run the
 //! query's `cmd` (or the path) while the body's was judged.
 
-use bytes::Bytes;
-use futures_util::FutureExt;
+use std::borrow::Cow;
+
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::options_header;
+use super::{multipart, options_header};
 
 /// How Frappe will parse a request body, from its `Content-Type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub enum BodyKind {
 pub enum FormError {
     #[error("the request body is not valid JSON")]
     BadJson,
-    #[error("`cmd` must be a string")]
-    CmdNotString,
+    #[error("`{0}` must be a string")]
+    NotString(&'static str),
     #[error("the multipart body is malformed")]
     BadMultipart,
     #[error("Content-Type must be ASCII")]
@@ -46,6 +46,8 @@ pub enum FormError {
     FormNotUtf8,
     #[error("multipart part headers must be UTF-8")]
     PartHeaderNotUtf8,
+    #[error("a multipart body may have at most 1000 parts")]
+    TooManyParts,
     #[error("a multipart body needs a boundary parameter in Content-Type")]
     NoBoundary,
     #[error("a multipart part named {0:?} must be a plain field, not a file")]
@@ -70,7 +72,7 @@ pub(crate) const JUDGED_FIELDS: [&str; 3] = ["cmd", "sid", "run_method"];
 
 impl FormFields {
     /// Sets a field unless an earlier value of the same name is already set (first wins).
-    fn offer(&mut self, seen: &mut [bool; 3], name: &str, value: &str) {
+    pub(super) fn offer(&mut self, seen: &mut [bool; 3], name: &str, value: &str) {
         let Some(i) = JUDGED_FIELDS.iter().position(|f| *f == name) else { return };
         if std::mem::replace(&mut seen[i], true) {
             return;
@@ -124,7 +126,7 @@ pub fn fields(query: Option<&str>, kind: &BodyKind, body: &[u8]) -> Result<FormF
     }
     let mut seen = [false; 3];
     let mut fields = FormFields::default();
-    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+    for (name, value) in parse_qsl(query.unwrap_or_default().as_bytes()) {
         fields.offer(&mut seen, &name, &value);
     }
     let (form, form_seen) = match kind {
@@ -145,18 +147,60 @@ fn urlencoded_fields(body: &[u8]) -> Result<(FormFields, [bool; 3]), FormError> 
     std::str::from_utf8(body).map_err(|_| FormError::FormNotUtf8)?;
     let mut seen = [false; 3];
     let mut fields = FormFields::default();
-    for (name, value) in form_urlencoded::parse(body) {
+    for (name, value) in parse_qsl(body) {
         fields.offer(&mut seen, &name, &value);
     }
     Ok((fields, seen))
+}
+
+/// werkzeug's `parse_qsl(s, keep_blank_values=True, errors="werkzeug.url_quote")`: pairs
+/// split at `&` (empty ones skipped), name and value at the first `=`, `+` as a space, then
+/// percent-decoded as UTF-8 — bytes that do not decode are quoted again (`%FF` stays `%FF`).
+fn parse_qsl(input: &[u8]) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> + '_ {
+    input.split(|&b| b == b'&').filter(|pair| !pair.is_empty()).map(|pair| {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        (unquote_plus(name), unquote_plus(value))
+    })
+}
+
+fn unquote_plus(raw: &[u8]) -> Cow<'_, str> {
+    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
+        if let Ok(plain) = std::str::from_utf8(raw) {
+            return Cow::Borrowed(plain);
+        }
+    }
+    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Only the judged keys are read; every other value is skipped without being built.
 #[derive(Deserialize)]
 struct JsonTop {
     cmd: Option<serde_json::Value>,
-    sid: Option<IgnoredAny>,
+    #[serde(default)]
+    sid: Present,
     run_method: Option<serde_json::Value>,
+}
+
+/// Whether a key is there, whatever its value (`null` included: the key is in `form_dict`).
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(deserializer).map(|_| Present(true))
+    }
 }
 
 fn json_fields(body: &[u8]) -> Result<FormFields, FormError> {
@@ -168,16 +212,19 @@ fn json_fields(body: &[u8]) -> Result<FormFields, FormError> {
         return Ok(FormFields::default());
     }
     let top: JsonTop = serde_json::from_slice(body).map_err(|_| FormError::BadJson)?;
-    let cmd = match top.cmd {
-        Some(serde_json::Value::String(s)) => Some(s).filter(|s| !s.is_empty()),
-        Some(v) if truthy(&v) => return Err(FormError::CmdNotString),
-        _ => None,
-    };
-    let run_method = match top.run_method {
-        Some(serde_json::Value::String(s)) => Some(s).filter(|s| !s.is_empty()),
-        _ => None,
-    };
-    Ok(FormFields { cmd, sid: top.sid.is_some(), run_method })
+    let cmd = string_field(top.cmd, "cmd")?;
+    let run_method = string_field(top.run_method, "run_method")?;
+    Ok(FormFields { cmd, sid: top.sid.0, run_method })
+}
+
+/// A judged JSON value: a non-empty string; anything else truthy is refused (Frappe would
+/// try to run it all the same).
+fn string_field(value: Option<serde_json::Value>, name: &'static str) -> Result<Option<String>, FormError> {
+    match value {
+        Some(serde_json::Value::String(s)) => Ok(Some(s).filter(|s| !s.is_empty())),
+        Some(v) if truthy(&v) => Err(FormError::NotString(name)),
+        _ => Ok(None),
+    }
 }
 
 /// Python truthiness of a JSON value.
@@ -192,43 +239,24 @@ fn truthy(v: &serde_json::Value) -> bool {
     }
 }
 
+/// An empty body is an empty form (werkzeug: no parts, nothing to drop).
 fn multipart_fields(body: &[u8], boundary: &str) -> Result<(FormFields, [bool; 3]), FormError> {
-    let stream =
-        futures_util::stream::once(std::future::ready(Ok::<_, std::io::Error>(Bytes::copy_from_slice(body))));
-    let mut multipart = multer::Multipart::new(stream, boundary);
-    let scan = async move {
-        let mut seen = [false; 3];
-        let mut fields = FormFields::default();
-        while let Some(field) = multipart.next_field().await.map_err(|_| FormError::BadMultipart)? {
-            let Some(name) = judged_part(field.headers())? else { continue };
-            let value = field.text().await.map_err(|_| FormError::BadMultipart)?;
-            fields.offer(&mut seen, name, &value);
-        }
-        Ok((fields, seen))
-    };
-    // The whole body is in memory: the parser never waits.
-    scan.now_or_never().unwrap_or(Err(FormError::BadMultipart))
+    if body.is_empty() {
+        return Ok((FormFields::default(), [false; 3]));
+    }
+    multipart::judge_body(body, boundary).map_err(FormError::from)
 }
 
-/// The judged field a multipart part carries, by werkzeug's reading of its
-/// `Content-Disposition`: `name`, and `filename` making it a file. Werkzeug decodes every part
-/// header as UTF-8 and parses a form with one that is not as empty: refused. A judged name on
-/// a file part is refused too: its value is not a field Frappe would see, but a parser that
-/// disagreed about `filename` would make it one.
-pub(crate) fn judged_part(headers: &http::HeaderMap) -> Result<Option<&'static str>, FormError> {
-    if headers.values().any(|v| std::str::from_utf8(v.as_bytes()).is_err()) {
-        return Err(FormError::PartHeaderNotUtf8);
-    }
-    let Some(disposition) = headers.get(http::header::CONTENT_DISPOSITION) else {
-        return Err(FormError::BadMultipart);
-    };
-    let disposition =
-        std::str::from_utf8(disposition.as_bytes()).map_err(|_| FormError::PartHeaderNotUtf8)?;
-    let options = options_header::parse(disposition);
-    let judged = options.get("name").and_then(|name| JUDGED_FIELDS.iter().find(|f| **f == name).copied());
-    match judged {
-        Some(name) if options.get("filename").is_some() => Err(FormError::FileNamed(name)),
-        other => Ok(other),
+impl From<multipart::Verdict> for FormError {
+    fn from(verdict: multipart::Verdict) -> Self {
+        use multipart::{Malformed, Verdict};
+        match verdict {
+            Verdict::Malformed(Malformed::HeaderNotUtf8) => FormError::PartHeaderNotUtf8,
+            Verdict::Malformed(Malformed::TooManyParts) => FormError::TooManyParts,
+            Verdict::Malformed(Malformed::Invalid) => FormError::BadMultipart,
+            Verdict::Judged { name, file: true } => FormError::FileNamed(name),
+            Verdict::Judged { name, file: false } => FormError::StreamedField(name),
+        }
     }
 }
 
@@ -291,7 +319,7 @@ mod tests {
         assert_eq!(cmd(Some("cmd=q"), &json, ""), Some("q".into()), "an empty body is not JSON");
         assert_eq!(cmd(None, &json, r#"[{"cmd":"x"}]"#), None);
         assert_eq!(cmd(None, &json, r#"{"cmd":null,"cmd2":1}"#), None);
-        assert_eq!(fields(None, &json, br#"{"cmd":{"a":1}}"#), Err(FormError::CmdNotString));
+        assert_eq!(fields(None, &json, br#"{"cmd":{"a":1}}"#), Err(FormError::NotString("cmd")));
         assert_eq!(fields(None, &json, br#"{"cmd":"a","cmd":"b"}"#), Err(FormError::BadJson));
         assert_eq!(fields(None, &json, b"{"), Err(FormError::BadJson));
         assert_eq!(fields(None, &json, b"  "), Err(FormError::BadJson));

@@ -9,6 +9,7 @@
 //! the REST routes ([`rest`]).
 
 pub mod form;
+mod multipart;
 mod options_header;
 pub mod path;
 mod rest;

@@ -1,106 +1,73 @@
 //! Judging a multipart body too large to buffer while it streams upstream.
 //!
-//! The body's chunks are fed, as they pass, to `multer` (driven synchronously from the body's
-//! own `poll_frame`, so there is no extra task and no copy: `Bytes` are shared). A part named
+//! The body's chunks are fed, as they pass, to the werkzeug decoder of `multipart` in the
+//! 64 KiB pieces werkzeug itself reads, so that it reads the body as Frappe will. A part named
 //! `cmd`, `sid` or `run_method` in a streamed body is refused — those belong in a body of at
 //! most `server.inspect_body_bytes` that can be judged whole — and the caller then aborts the
 //! upstream request before its body completes, so Frappe never runs it.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use futures_util::Stream;
+use bytes::{Bytes, BytesMut};
 
-use super::form::{judged_part, FormError};
+use super::form::FormError;
+use super::multipart::{Judge, CHUNK};
 
 /// See the module docs.
 pub struct MultipartScan {
-    feed: Arc<Mutex<Feed>>,
-    multipart: multer::Multipart<'static>,
-    field: Option<multer::Field<'static>>,
-    done: bool,
-}
-
-#[derive(Default)]
-struct Feed {
-    chunks: VecDeque<Bytes>,
+    judge: Judge,
+    /// Bytes not yet fed: less than one werkzeug read.
+    pending: BytesMut,
     closed: bool,
-    waker: Option<Waker>,
-}
-
-/// The parser's input: whatever has been pushed so far.
-struct FeedStream(Arc<Mutex<Feed>>);
-
-impl Stream for FeedStream {
-    type Item = Result<Bytes, std::io::Error>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut feed = self.0.lock().expect("feed lock");
-        match feed.chunks.pop_front() {
-            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
-            None if feed.closed => Poll::Ready(None),
-            None => {
-                feed.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
+    verdict: Option<Result<(), FormError>>,
 }
 
 impl MultipartScan {
     pub fn new(boundary: &str) -> Self {
-        let feed = Arc::new(Mutex::new(Feed::default()));
-        let multipart = multer::Multipart::new(FeedStream(feed.clone()), boundary.to_string());
-        MultipartScan { feed, multipart, field: None, done: false }
+        MultipartScan {
+            judge: Judge::new(boundary, true),
+            pending: BytesMut::new(),
+            closed: false,
+            verdict: None,
+        }
     }
 
     /// Hands the parser the next chunk of the body.
     pub fn push(&mut self, chunk: Bytes) {
-        let mut feed = self.feed.lock().expect("feed lock");
-        feed.chunks.push_back(chunk);
-        if let Some(waker) = feed.waker.take() {
-            waker.wake();
+        if self.verdict.is_some() {
+            return;
+        }
+        self.pending.extend_from_slice(&chunk);
+        while self.pending.len() >= CHUNK {
+            let read = self.pending.split_to(CHUNK);
+            if let Err(verdict) = self.judge.feed(Some(&read)) {
+                self.verdict = Some(Err(verdict.into()));
+                return;
+            }
         }
     }
 
     /// The body has ended.
     pub fn close(&mut self) {
-        let mut feed = self.feed.lock().expect("feed lock");
-        feed.closed = true;
-        if let Some(waker) = feed.waker.take() {
-            waker.wake();
+        if self.closed || self.verdict.is_some() {
+            return;
         }
+        self.closed = true;
+        let rest = std::mem::take(&mut self.pending);
+        let fed = match rest.is_empty() {
+            true => Ok(()),
+            false => self.judge.feed(Some(&rest)),
+        };
+        self.verdict = Some(fed.and_then(|()| self.judge.feed(None)).map_err(FormError::from));
     }
 
-    /// Parses what has been pushed: `Ready(Ok)` once the closing boundary is judged,
-    /// `Ready(Err)` on a judged field or a malformed body, `Pending` while it needs more bytes.
-    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FormError>> {
-        loop {
-            if self.done {
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(field) = self.field.as_mut() {
-                match Pin::new(field).poll_next(cx) {
-                    Poll::Ready(Some(Ok(_))) => continue,
-                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(FormError::BadMultipart)),
-                    Poll::Ready(None) => self.field = None,
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            match self.multipart.poll_next_field(cx) {
-                Poll::Ready(Ok(Some(field))) => {
-                    if let Some(name) = judged_part(field.headers())? {
-                        return Poll::Ready(Err(FormError::StreamedField(name)));
-                    }
-                    self.field = Some(field);
-                }
-                Poll::Ready(Ok(None)) => self.done = true,
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(FormError::BadMultipart)),
-                Poll::Pending => return Poll::Pending,
-            }
+    /// `Ready(Ok)` once the closed body is judged clean, `Ready(Err)` on a judged field or a
+    /// malformed body, `Pending` while it needs more bytes. Judging happens in `push` and
+    /// `close`; nothing here waits.
+    pub fn poll(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), FormError>> {
+        match &self.verdict {
+            Some(verdict) => Poll::Ready(verdict.clone()),
+            None => Poll::Pending,
         }
     }
 }
@@ -127,19 +94,26 @@ mod tests {
         let mut scan = MultipartScan::new("B");
         let chunks: Vec<&[u8]> = body.chunks(1).collect();
         let polls = run(&mut scan, &chunks);
-        let closing = body.windows(5).position(|w| w == b"--B--").unwrap() + 4;
-        assert!(polls[..closing].iter().all(|p| p.is_pending()), "judged before the closing boundary");
+        assert!(polls.iter().all(|p| p.is_pending()), "judged before the body ended");
         scan.close();
         let mut cx = Context::from_waker(noop_waker_ref());
         assert_eq!(scan.poll(&mut cx), Poll::Ready(Ok(())));
     }
 
+    /// Refused once werkzeug's read that holds its headers is complete (64 KiB, or the end).
     #[test]
-    fn a_judged_field_is_refused_as_soon_as_its_headers_are_read() {
+    fn a_judged_field_is_refused_once_the_read_holding_its_headers_is_in() {
         let head = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nxxxx\r\n--B\r\nContent-Disposition: form-data; name=\"cmd\"\r\n\r\n";
         let mut scan = MultipartScan::new("B");
-        let polls = run(&mut scan, &[head]);
-        assert_eq!(polls[0], Poll::Ready(Err(FormError::StreamedField("cmd"))));
+        let mut body = head.to_vec();
+        body.resize(CHUNK, b'x');
+        let polls = run(&mut scan, &[&body[..100], &body[100..]]);
+        assert_eq!(polls, [Poll::Pending, Poll::Ready(Err(FormError::StreamedField("cmd")))]);
+        let mut short = MultipartScan::new("B");
+        assert_eq!(run(&mut short, &[head]), [Poll::Pending]);
+        short.close();
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert_eq!(short.poll(&mut cx), Poll::Ready(Err(FormError::StreamedField("cmd"))));
     }
 
     #[test]
