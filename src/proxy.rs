@@ -10,10 +10,19 @@ use hyper_util::rt::TokioIo;
 
 use crate::state::RequestId;
 
-/// Headers a client could use to claim an identity, a site or a file path: removed from every
-/// request on every route (FRAPPE.md §7), before the gateway sets its own.
-pub(crate) const SPOOFABLE: [&str; 8] = [
+/// Headers a client could use to claim an identity, a site, a scheme or a path: removed from
+/// every request on every route (FRAPPE.md §7), before the gateway sets its own.
+/// `SCRIPT_NAME` / `PATH_INFO` are gunicorn 23's default `forwarder_headers`: from a trusted
+/// peer (the gateway, on 127.0.0.1) they would move the start of the path Frappe routes, so
+/// `/x/api/method/m` with `SCRIPT_NAME: /x` runs `m` while the gateway judged a page. Their
+/// underscore spellings (the only ones gunicorn reads) are refused by `request_head`.
+/// `X-Forwarded-Protocol` / `-Ssl` are gunicorn's other `secure_scheme_headers`.
+pub(crate) const SPOOFABLE: [&str; 12] = [
     "remote-addr",
+    "script-name",
+    "path-info",
+    "x-forwarded-protocol",
+    "x-forwarded-ssl",
     "frappe-authorization-source",
     "x-use-x-accel-redirect",
     "x-frappe-site-name",
@@ -103,14 +112,15 @@ pub(crate) fn prepare_response<B>(resp: &mut Response<B>) {
     }
 }
 
-/// Removes the hop-by-hop and spoofable headers, `Forwarded`, and Authorization / cookies
-/// unless kept.
+/// Removes the hop-by-hop and spoofable headers, `Forwarded`, names with an underscore (as
+/// nginx does by default: WSGI servers read them as other headers, or as environ keys), and
+/// Authorization / cookies unless kept.
 fn strip_request_headers(headers: &mut HeaderMap, keep_authorization: bool, keep_cookies: bool) {
     remove_where(headers, |name| match *name {
         header::AUTHORIZATION => !keep_authorization,
         header::COOKIE => !keep_cookies,
         header::FORWARDED => true,
-        _ => is_hop_by_hop(name) || SPOOFABLE.contains(&name.as_str()),
+        _ => is_hop_by_hop(name) || SPOOFABLE.contains(&name.as_str()) || name.as_str().contains('_'),
     });
 }
 

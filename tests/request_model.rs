@@ -1044,6 +1044,27 @@ async fn ambiguous_header_forms_are_refused() {
             Some("ValidationError"),
         );
     }
+    // gunicorn 23 reads `SCRIPT_NAME` / `PATH_INFO` from the gateway (a trusted peer) and
+    // routes the path after it: refused, never forwarded.
+    for (name, path) in
+        [("SCRIPT_NAME", "/x/api/method/frappe.client.get_password"), ("PATH_INFO", "/api/method/ping")]
+    {
+        for proto in BOTH {
+            let req = Req::get(path).token().header(name, "/x");
+            let seen = env.send(proto, &req).await;
+            expect_refused(&mut f, &env, &req.describe(proto), &seen, 400, Some("ValidationError"));
+        }
+    }
+    // Other underscore names are dropped on the way, as nginx drops them; the dash spelling of
+    // SCRIPT_NAME (which gunicorn does not read) too.
+    for proto in BOTH {
+        let req = Req::get("/x/api/method/frappe.client.get_password").token().header("Script-Name", "/x");
+        let seen = env.send(proto, &req).await;
+        let runs = &seen.body["runs"];
+        f.check(seen.status == 200 && runs["kind"] == "page", || {
+            format!("{}: status {}, ran {runs}", req.describe(proto), seen.status)
+        });
+    }
     for named in ["authorization", "cookie", "x-frappe-user", "keep-alive, Authorization"] {
         let req = Req::get("/api/resource/ToDo").token().header("connection", named);
         let seen = env.send(Proto::H1, &req).await;
