@@ -156,6 +156,41 @@ async fn burst_of_200_on_a_60_per_minute_key_gets_exactly_60() {
     assert_eq!(admitted.headers()["ratelimit-limit"], "60");
 }
 
+/// Frappe finds an api_key under MariaDB's collation (trailing spaces and case do not count):
+/// every spelling that authenticates as the user spends the user's one per-key bucket.
+#[tokio::test]
+async fn spellings_of_one_key_share_its_per_key_bucket() {
+    let s = setup(&[("rate_limit", "per_key = \"2/min\"")], "").await;
+    for _ in 0..2 {
+        assert_eq!(s.status("/api/resource/ToDo", None, Some(&token())).await, 200);
+    }
+    assert_eq!(s.status("/api/resource/ToDo", None, Some(&token())).await, 429);
+    for spelling in [format!("{KEY} "), format!("{KEY}   "), KEY.to_uppercase()] {
+        let auth = basic_header(&spelling, SECRET);
+        assert_eq!(s.status("/api/resource/ToDo", None, Some(&auth)).await, 429, "{spelling:?}");
+    }
+}
+
+/// An IPv6 client's /64 is one per-IP subject: rotating addresses inside it gains nothing.
+#[tokio::test]
+async fn ipv6_clients_are_limited_by_their_64() {
+    let s = setup(
+        &[("rate_limit", "per_ip = \"2/min\""), ("network", "trusted_proxies = [\"127.0.0.0/8\"]")],
+        "",
+    )
+    .await;
+    let auth = token();
+    for ip in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::7"] {
+        assert_eq!(s.status("/api/resource/ToDo", Some(ip), Some(&auth)).await, 200, "{ip}");
+    }
+    assert_eq!(s.status("/api/resource/ToDo", Some("2001:db8:1:2::99"), Some(&auth)).await, 429);
+    assert_eq!(
+        s.status("/api/resource/ToDo", Some("2001:db8:1:3::1"), Some(&auth)).await,
+        200,
+        "another /64"
+    );
+}
+
 /// Acceptance 3 (route override) and the pre-auth per-IP limit.
 #[tokio::test]
 async fn per_ip_limits_apply_before_authentication_and_routes_override_them() {

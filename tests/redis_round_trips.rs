@@ -173,7 +173,7 @@ async fn a_locked_out_ip_with_a_cached_key_charges_nothing() {
     let limits = ["per_key = \"100/min\"", "failed_auth_per_ip = \"3/min\"", "lockout = \"10m\""];
     let mut s = setup(&redis, &limits).await;
     assert_eq!(s.get(SECRET).await.status(), 200);
-    let bucket = format!("fgw:rl:key:{KEY}");
+    let bucket = format!("fgw:rl:key:{USER}");
     // Wrong secrets until the lockout answers (the limit is 3 a minute).
     let mut statuses = Vec::new();
     while statuses.last() != Some(&429) && statuses.len() < 10 {

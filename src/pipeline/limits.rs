@@ -59,7 +59,7 @@ pub(super) async fn lockout_ip_and_key<'a>(
         ip_rate(route, ctx.rt.per_ip).map(|(scope, rate)| LimitCheck::new(scope, Subject::Ip(ip), rate));
     let rt = ctx.rt;
     let key = key_rate(route, rt.user_rules(&admitted.user), rt.per_key);
-    let key_check = key.map(|(scope, rate)| LimitCheck::new(scope, Subject::Key(&admitted.api_key), rate));
+    let key_check = key.map(|(scope, rate)| LimitCheck::new(scope, Subject::Key(&admitted.user), rate));
     let (both, one);
     let checks: &[LimitCheck<'_>] = match (ip_check, key_check) {
         (Some(ip), Some(key)) => {
@@ -91,20 +91,21 @@ pub(super) async fn lockout_ip_and_key<'a>(
     Ok(())
 }
 
-/// The per-key limit: `[[user]] per_key`, else the route's, else the global one — unless the
+/// The per-key limit, counted by the key's user (see `Subject`): `[[user]] per_key`, else the
+/// route's, else the global one — unless the
 /// same bucket was charged with the lockout (a body that changed the judged route to one with
 /// another per-key rate is charged here too).
 pub(super) async fn limit_key(
     ctx: &mut Ctx<'_>,
     route: &RouteEntry,
     rules: Option<&UserRules>,
-    api_key: &str,
+    user: &str,
 ) -> Result<(), GatewayError> {
     let Some((scope, rate)) = key_rate(route, rules, ctx.rt.per_key) else { return Ok(()) };
     if ctx.key_charged == Some((scope, rate)) {
         return Ok(());
     }
-    apply(ctx, scope, Subject::Key(api_key), &rate, Limiter::PerKey).await
+    apply(ctx, scope, Subject::Key(user), &rate, Limiter::PerKey).await
 }
 
 /// 429 while the client's IP is locked out after too many failed authentications.

@@ -37,7 +37,7 @@ pub(super) async fn check(
     if let Some(rules) = rules {
         check_user_rules(rules, ip, &head.method, &frappe.call)?;
     }
-    limits::limit_key(ctx, routes.judged, rules, &admitted.api_key).await
+    limits::limit_key(ctx, routes.judged, rules, &admitted.user).await
 }
 
 /// `[[user]]` rules: source address, HTTP method, DocTypes and RPC methods.

@@ -135,7 +135,7 @@ fn bucket_key(subject: Subject<'_>) -> BucketKey {
     match subject {
         Subject::Ip(ip) => {
             // An IPv4-mapped IPv6 address is already the mapped form of its IPv4.
-            let v6 = match ip {
+            let v6 = match super::limited_address(ip) {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped(),
                 IpAddr::V6(v6) => v6,
             };

@@ -83,7 +83,7 @@ impl FailedAuthTracker {
     /// failure exceeded the limit (or the IP was already locked), `None` otherwise.
     pub async fn record_failure(&self, ip: IpAddr) -> Option<Duration> {
         let rate = self.rate?;
-        let ip = ip.to_canonical();
+        let ip = super::limited_address(ip);
         // Already locked: nothing to count (the pipeline normally refuses before auth anyway).
         if let Some(left) = self.local_lock(ip, self.now()) {
             return Some(left);
@@ -98,7 +98,7 @@ impl FailedAuthTracker {
     /// locked locally costs one round trip (skipped while Redis is degraded).
     pub async fn locked(&self, ip: IpAddr) -> Option<Duration> {
         self.rate?;
-        let ip = ip.to_canonical();
+        let ip = super::limited_address(ip);
         let now = self.now();
         if let Some(left) = self.local_lock(ip, now) {
             return Some(left);
@@ -119,7 +119,7 @@ impl FailedAuthTracker {
     /// remembered locally like one [`locked`](Self::locked) finds. When Redis does not
     /// answer, local state decides the whole batch. Never fails.
     pub async fn check_batch(&self, ip: Option<IpAddr>, checks: &[LimitCheck<'_>]) -> BatchOutcome {
-        let Some(ip) = ip.filter(|_| self.rate.is_some()).map(|ip| ip.to_canonical()) else {
+        let Some(ip) = ip.filter(|_| self.rate.is_some()).map(super::limited_address) else {
             return self.limiter.check_batch(checks).await;
         };
         let now = self.now();
@@ -441,7 +441,7 @@ mod tests {
         let left = outcome.locked_out().expect("b sees a's lock through Redis");
         assert!(left <= Duration::from_secs(30) && left > Duration::from_secs(25), "{left:?}");
         // Learnt locally: the next check needs no Redis at all.
-        assert!(b.local_lock(ip.to_canonical(), b.now()).is_some());
+        assert!(b.local_lock(crate::policy::rate_limit::limited_address(ip), b.now()).is_some());
     }
 
     #[tokio::test]

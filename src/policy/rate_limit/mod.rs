@@ -39,9 +39,11 @@ pub use self::lockout::FailedAuthTracker;
 pub use self::redis::RedisLimiter;
 pub use self::revocation::RevocationBus;
 
-/// Who a limit counts: a client address or an API key.
+/// Who a limit counts: a client address (see [`limited_address`]) or a credential's owner.
 ///
-/// IPv4-mapped IPv6 addresses count as the IPv4 they carry. Scopes should come from a bounded
+/// The gateway counts a per-key limit by the Frappe user the key belongs to (a user has one
+/// API key): Frappe finds a key under MariaDB's collation, so `"key "` or `"kéy"` authenticate as
+/// `"key"` and must not open buckets of their own. Scopes should come from a bounded
 /// set (`"ip"`, `"key"`, `"route:/api/method/login"`…): each distinct scope and [`Rate`] keeps
 /// its own table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +55,19 @@ pub enum Subject<'a> {
 impl Subject<'_> {
     fn canonical(self) -> Self {
         match self {
-            Subject::Ip(ip) => Subject::Ip(ip.to_canonical()),
+            Subject::Ip(ip) => Subject::Ip(limited_address(ip)),
             key => key,
         }
+    }
+}
+
+/// The address a per-IP limit or the failed-auth lockout counts: an IPv4 address (IPv4-mapped
+/// IPv6 ones as the IPv4 they carry), or the /64 network of an IPv6 address — the smallest
+/// network an IPv6 host gets, whose 2^64 addresses it could otherwise rotate through.
+pub(crate) fn limited_address(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        v4 => v4,
     }
 }
 
@@ -409,5 +421,26 @@ mod tests {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(Subject::Ip(mapped).canonical(), Subject::Ip(ip));
+    }
+
+    /// An IPv6 host's /64 is one subject; IPv4 addresses stay apart.
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limited_address(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(limited_address(a), limited_address(b));
+        assert_ne!(limited_address(a), limited_address(other));
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        let v4_next: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_ne!(limited_address(v4), limited_address(v4_next));
+        assert_eq!(limited_address("::ffff:192.0.2.1".parse().unwrap()), v4);
+        let local = LocalLimiter::new();
+        let rate = Rate { count: 2, per: Duration::from_secs(60), burst: 2 };
+        let admitted = |ip| local.check("ip", Subject::Ip(ip), &rate).allowed;
+        assert!(admitted(a) && admitted(b), "two addresses of one /64 share the bucket");
+        assert!(!admitted("2001:db8:1:2::99".parse().unwrap()), "a third address of it is refused");
+        assert!(admitted(other), "another /64 has its own");
     }
 }
