@@ -156,8 +156,9 @@ async fn burst_of_200_on_a_60_per_minute_key_gets_exactly_60() {
     assert_eq!(admitted.headers()["ratelimit-limit"], "60");
 }
 
-/// Frappe finds an api_key under MariaDB's collation (trailing spaces and case do not count):
-/// every spelling that authenticates as the user spends the user's one per-key bucket.
+/// Frappe finds an api_key under MariaDB's collation (trailing spaces, case and accents do not
+/// count): a spelling with a space or a non-ASCII character is refused outright, and every
+/// other spelling that authenticates as the user spends the user's one per-key bucket.
 #[tokio::test]
 async fn spellings_of_one_key_share_its_per_key_bucket() {
     let s = setup(&[("rate_limit", "per_key = \"2/min\"")], "").await;
@@ -165,10 +166,14 @@ async fn spellings_of_one_key_share_its_per_key_bucket() {
         assert_eq!(s.status("/api/resource/ToDo", None, Some(&token())).await, 200);
     }
     assert_eq!(s.status("/api/resource/ToDo", None, Some(&token())).await, 429);
-    for spelling in [format!("{KEY} "), format!("{KEY}   "), KEY.to_uppercase()] {
+    let upper = basic_header(&KEY.to_uppercase(), SECRET);
+    assert_eq!(s.status("/api/resource/ToDo", None, Some(&upper)).await, 429, "upper case");
+    let whoami_calls = s.frappe.whoami_calls();
+    for spelling in [format!("{KEY} "), format!("{KEY}   ")] {
         let auth = basic_header(&spelling, SECRET);
-        assert_eq!(s.status("/api/resource/ToDo", None, Some(&auth)).await, 429, "{spelling:?}");
+        assert_eq!(s.status("/api/resource/ToDo", None, Some(&auth)).await, 401, "{spelling:?}");
     }
+    assert_eq!(s.frappe.whoami_calls(), whoami_calls, "refused without asking Frappe");
 }
 
 /// An IPv6 client's /64 is one per-IP subject: rotating addresses inside it gains nothing.

@@ -74,6 +74,10 @@ pub enum Malformed {
     EmptySecret,
     /// `Basic` credentials that decode to bytes that are not UTF-8.
     BasicNotUtf8,
+    /// A `Basic` api_key with a space, control or non-ASCII character: Frappe's database
+    /// would find `"key "` or `"kéy"` as `"key"` (MariaDB collation), so such spellings are
+    /// refused rather than verified and cached one by one.
+    KeyNotPlain,
 }
 
 impl Malformed {
@@ -112,6 +116,9 @@ impl Malformed {
             Malformed::BasicNotUtf8 => {
                 "Basic credentials do not decode to text; expected `Authorization: token api_key:api_secret`"
             }
+            Malformed::KeyNotPlain => {
+                "api_key may only hold visible ASCII characters; expected `Authorization: token api_key:api_secret`"
+            }
         }
     }
 
@@ -127,6 +134,7 @@ impl Malformed {
             Malformed::EmptyKey => "malformed: empty api_key",
             Malformed::EmptySecret => "malformed: empty api_secret",
             Malformed::BasicNotUtf8 => "malformed: Basic not UTF-8",
+            Malformed::KeyNotPlain => "malformed: api_key not visible ASCII",
         }
     }
 }
@@ -242,6 +250,9 @@ fn decode_basic(token: &str) -> Result<Credential<'static>, HeaderError> {
     let bytes = python_b64decode(token.as_bytes()).ok_or(HeaderError::BadBase64)?;
     let text = String::from_utf8(bytes).map_err(|_| HeaderError::Malformed(Malformed::BasicNotUtf8))?;
     let (key, secret) = split_pair(&text)?;
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HeaderError::Malformed(Malformed::KeyNotPlain));
+    }
     Ok(Credential::ApiKey { key: Cow::Owned(key.to_owned()), secret: Cow::Owned(secret.to_owned()) })
 }
 
@@ -414,6 +425,20 @@ mod tests {
         assert_eq!(err(""), HeaderError::Malformed(Malformed::Empty));
         assert_eq!(err("   "), HeaderError::Malformed(Malformed::Empty));
         assert!(HeaderError::Missing.message().starts_with("missing Authorization header"));
+    }
+
+    /// Spellings Frappe's collation would fold into another key are refused.
+    #[test]
+    fn basic_keys_are_visible_ascii() {
+        for key in ["key ", " key", "k\tey", "kéy"] {
+            let header = format!("Basic {}", b64(&format!("{key}:secret")));
+            assert_eq!(err(&header), HeaderError::Malformed(Malformed::KeyNotPlain), "{key:?}");
+        }
+        assert_eq!(
+            api_key(&format!("Basic {}", b64("key:s é cret"))).1,
+            "s é cret",
+            "the secret is Frappe's to judge"
+        );
     }
 
     #[test]
