@@ -148,16 +148,22 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// A WebSocket (or other HTTP/1.1) upgrade handshake.
+/// A WebSocket upgrade handshake (HTTP/1.1).
 pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get(header::UPGRADE).is_some_and(is_websocket)
         && req
             .headers()
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Only WebSocket is tunnelled: another protocol (`h2c`…) is not for Frappe, and its
+/// `Upgrade` goes the way of every hop-by-hop header.
+fn is_websocket(upgrade: &HeaderValue) -> bool {
+    upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")
 }
 
 fn original_host<B>(req: &Request<B>) -> Option<HeaderValue> {
@@ -348,5 +354,24 @@ mod tests {
         prepare(&mut req, &info(&base, &host, &rid, None));
         assert_eq!(req.headers()["upgrade"], "websocket");
         assert_eq!(req.headers()["connection"], "upgrade");
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let mut req = Request::builder()
+            .uri("/api/resource/ToDo")
+            .header("connection", "Upgrade, HTTP2-Settings")
+            .header("upgrade", "h2c")
+            .header("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade(&req));
+        let base: Uri = "http://127.0.0.1:8000".parse().unwrap();
+        let host = HeaderValue::from_static("erp");
+        let rid = RequestId::inherited(&HeaderValue::from_static("rid")).unwrap();
+        prepare(&mut req, &info(&base, &host, &rid, None));
+        for gone in ["upgrade", "connection", "http2-settings"] {
+            assert!(!req.headers().contains_key(gone), "{gone} forwarded");
+        }
     }
 }
