@@ -170,13 +170,15 @@ async fn receive_webhook(state: &Shared, req: Request<Incoming>) -> (WebhookOutc
     if let Some(bus) = &state.limits.revocations {
         bus.publish(&user).await;
     }
-    let outcome = if refreshed.is_ok() { Applied } else { RefreshFailed };
+    // A refresh that failed is answered 503, so that Frappe sends the webhook again: until a
+    // read succeeds the gateway does not know whether the user was disabled.
+    let (outcome, status) = match refreshed {
+        Ok(_) => (Applied, StatusCode::OK),
+        Err(_) => (RefreshFailed, StatusCode::SERVICE_UNAVAILABLE),
+    };
     (
         outcome,
-        json(
-            StatusCode::OK,
-            serde_json::json!({ "revoked": user, "refreshed": matches!(refreshed, Ok(true)) }),
-        ),
+        json(status, serde_json::json!({ "revoked": user, "refreshed": matches!(refreshed, Ok(true)) })),
     )
 }
 

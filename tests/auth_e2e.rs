@@ -176,6 +176,25 @@ async fn signed_webhook_revokes_in_milliseconds_and_bad_signatures_are_refused()
     assert!(s.frappe.whoami_calls() <= whoami_before + 1);
 }
 
+/// A webhook whose user cannot be read back is answered 503, so that Frappe sends it again
+/// (its webhook job retries only on an error status); the user's cached credentials are
+/// dropped all the same.
+#[tokio::test]
+async fn a_webhook_that_cannot_refresh_the_user_is_answered_503() {
+    let s = setup(&[("frappe", "sync_interval = \"1h\"")], "").await;
+    let auth = token_header(KEY, SECRET);
+    assert_eq!(s.status(&auth).await, 200);
+    let whoami_before = s.frappe.whoami_calls();
+    s.frappe.set_users_mode(UsersMode::Status500);
+    let body = format!(r#"{{"name":"{USER}"}}"#);
+    let answer = s.webhook(&body, Some(sign(WEBHOOK_SECRET, &body))).await;
+    assert_eq!(answer.status(), 503);
+    assert_eq!(s.status(&auth).await, 200, "verified again after the drop");
+    assert_eq!(s.frappe.whoami_calls(), whoami_before + 1, "the cached credential was dropped");
+    s.frappe.set_users_mode(UsersMode::Normal);
+    assert_eq!(s.webhook(&body, Some(sign(WEBHOOK_SECRET, &body))).await.status(), 200);
+}
+
 /// Acceptance 6: Frappe unreachable → 503 for unknown keys, stale entries keep working.
 #[tokio::test]
 async fn frappe_down_means_503_for_unknown_keys_and_stale_service_for_known_ones() {

@@ -396,6 +396,11 @@ impl CredentialStore {
         let Some(entry) = stale else {
             return Err(refusal);
         };
+        // A bearer token's revocation or expiry touches no User record: no sync or webhook
+        // would tell, so a token is never served past `cache_ttl` unverified.
+        if entry.bearer() {
+            return Err(refusal);
+        }
         match self.judge(&entry, self.clock.now()) {
             Judgement::Fresh(view) | Judgement::Expired(view) => {
                 tracing::debug!(api_key = %entry.key, reason = %refusal.reason(), "cannot verify now: admitting a stale credential");

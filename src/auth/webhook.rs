@@ -65,12 +65,12 @@ pub async fn handle_user_event(
     sync_token: Option<&Secret>,
     name: &str,
 ) -> Result<bool, SyncError> {
-    store.revoke_user(name);
-    tracing::info!(user = name, "webhook: cached credentials of the user dropped");
     let Some(token) = sync_token else {
+        drop_credentials(store, name);
         return Ok(false);
     };
     if hidden_from_sync(name) {
+        drop_credentials(store, name);
         tracing::info!(
             user = name,
             self_read = store.administrator_allowed(),
@@ -79,7 +79,11 @@ pub async fn handle_user_event(
         );
         return Ok(false);
     }
-    match source.get_user(token, name).await {
+    // Read first, then drop and apply together: dropped first, the credentials would be
+    // verified again while the read is in flight — and Frappe 15 accepts a disabled user's key.
+    let read = source.get_user(token, name).await;
+    drop_credentials(store, name);
+    match read {
         Ok(user) => {
             store.apply_user(user, name);
             Ok(true)
@@ -89,6 +93,11 @@ pub async fn handle_user_event(
             Err(error)
         }
     }
+}
+
+fn drop_credentials(store: &CredentialStore, name: &str) {
+    store.revoke_user(name);
+    tracing::info!(user = name, "webhook: cached credentials of the user dropped");
 }
 
 /// What happens to the credentials of users sync cannot see, for logs.

@@ -123,7 +123,7 @@ impl CredentialStore {
             return Ok(Standing::Synced);
         }
         if !self.allow_administrator {
-            tracing::warn!(api_key = %probe.key, user, "credential refused: the Administrator account is not usable through the gateway (auth.allow_administrator = false)");
+            tracing::warn!(user, "credential refused: the Administrator account is not usable through the gateway (auth.allow_administrator = false)");
             return Ok(Standing::Hidden(Arc::new(Hidden::Barred)));
         }
         match self.verifier.read_own_user(authorization, user).await {

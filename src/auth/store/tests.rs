@@ -473,6 +473,25 @@ async fn bearer_tokens_are_cached_by_digest() {
     assert_eq!(fake.calls(), 2);
 }
 
+/// A bearer token's revocation or expiry touches no User: it is never served stale.
+#[tokio::test]
+async fn bearer_tokens_are_never_served_stale() {
+    let fake = FakeFrappe::new();
+    fake.bearers.lock().unwrap().insert("oauthtoken123".into(), "oauth@example.com".into());
+    let store = store_with(&fake, config(60, 30, 600));
+    let value = HeaderValue::from_static("Bearer oauthtoken123");
+    auth(&store, &value).await.unwrap();
+    auth(&store, &header(KEY, SECRET)).await.unwrap();
+    fake.down.store(true, Ordering::SeqCst);
+    store.clock.advance(Duration::from_secs(120));
+    assert!(matches!(auth(&store, &value).await, Err(Rejection::Unavailable(_))));
+    assert_eq!(
+        auth(&store, &header(KEY, SECRET)).await.unwrap().outcome,
+        Outcome::Stale,
+        "api keys still are"
+    );
+}
+
 #[tokio::test]
 async fn basic_and_token_share_an_entry() {
     use base64::Engine;
