@@ -13,7 +13,7 @@
 //! query's `cmd`): [`Malformed`] here, and the gateway refuses the request.
 
 use super::form::{FormFields, JUDGED_FIELDS};
-use super::options_header;
+use super::options_header::{self, py_strip};
 
 /// How much of the body werkzeug's parser reads at a time (`MultiPartParser.buffer_size`).
 pub(crate) const CHUNK: usize = 64 * 1024;
@@ -340,11 +340,6 @@ fn split_lines(data: &[u8]) -> Vec<&[u8]> {
         lines.push(&data[start..]);
     }
     lines
-}
-
-/// `str.strip()`: Unicode whitespace and `\x1c`–`\x1f`.
-fn py_strip(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c))
 }
 
 fn decode(bytes: &[u8], charset: Charset) -> String {

@@ -34,7 +34,7 @@ fn is_py_space(c: char) -> bool {
     c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
 }
 
-fn py_strip(s: &str) -> &str {
+pub(super) fn py_strip(s: &str) -> &str {
     s.trim_matches(is_py_space)
 }
 
