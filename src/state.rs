@@ -79,8 +79,12 @@ impl Shared {
             config.frappe.verify_timeout,
         )?);
         let budget = VerifyBudget::new(config.frappe.max_verify_concurrency, config.frappe.max_verify_rate);
+        let mut store = CredentialStore::new(&config.auth, frappe.clone()).with_budget(budget);
+        if let Some(token) = &config.frappe.sync_token {
+            store = store.with_user_reader(frappe.clone(), token.clone());
+        }
         let auth = AuthState {
-            store: Arc::new(CredentialStore::new(&config.auth, frappe.clone()).with_budget(budget)),
+            store: Arc::new(store),
             frappe,
             sync_status: config.frappe.sync_token.as_ref().map(|_| Arc::new(SyncStatus::new())),
             restrict_ip: RestrictIpCache::new(10_000, Duration::from_secs(600)),

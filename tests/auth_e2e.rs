@@ -407,3 +407,56 @@ async fn sync_failures_are_logged_with_the_reason_and_retried() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A user without API keys (OAuth only) is not in sync's list of keyed users; the gateway reads
+/// it when its bearer token is first verified, then asks for it by name with every sync: its
+/// `restrict_ip` applies from the first request, and disabling it is noticed by sync alone and
+/// not undone by the next sync after a webhook.
+#[tokio::test]
+async fn oauth_only_users_are_followed_by_sync() {
+    const OAUTH_USER: &str = "oauth.only@example.com";
+    const TOKEN: &str = "Bearer 7f3a9c1e5b2d4f6a8c0e";
+    let s = setup(&[("frappe", "sync_interval = \"300ms\"")], "").await;
+    s.frappe.add_user_without_keys(OAUTH_USER);
+    s.frappe.add_bearer(&TOKEN["Bearer ".len()..], OAUTH_USER);
+    s.frappe.set_restrict_ip(OAUTH_USER, Some("10.20.0.0/16"));
+    s.wait_for_first_sync().await;
+
+    // Refused from the first request: 127.0.0.1 is outside its restrict_ip.
+    assert_eq!(s.status(TOKEN).await, 403);
+    let body = json(s.get("/api/resource/ToDo", Some(TOKEN)).await).await;
+    assert!(body["exception"].as_str().unwrap().contains("Access not allowed from this IP Address"));
+    let reads = s.frappe.user_get_calls();
+    assert!(reads >= 1, "the user was read when its token was first verified");
+
+    // Sync follows it by name: a widened restrict_ip is seen without a webhook.
+    s.frappe.set_restrict_ip(OAUTH_USER, Some("127.0.0.1"));
+    assert!(s.wait_for_status(TOKEN, 200, Duration::from_secs(3)).await.is_some(), "restrict_ip widened");
+    let asked_by_name = s.frappe.requests().iter().any(|r| {
+        let query = r.uri.query().unwrap_or_default();
+        let query = percent_encoding::percent_decode_str(query).decode_utf8_lossy();
+        r.path() == "/api/resource/User" && query.contains(r#"[["name","in",["oauth.only@example.com"]]]"#)
+    });
+    assert!(asked_by_name, "sync asks for the user by name");
+
+    // Disabled (Frappe still accepts its token): refused after a sync, and kept refused by
+    // every later sync.
+    s.frappe.set_enabled(OAUTH_USER, false);
+    assert!(s.wait_for_status(TOKEN, 401, Duration::from_secs(3)).await.is_some(), "disabled user refused");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(s.status(TOKEN).await, 401, "still refused after later syncs");
+
+    // Re-enabled, then disabled through the webhook: the next syncs keep it refused.
+    s.frappe.set_enabled(OAUTH_USER, true);
+    assert!(s.wait_for_status(TOKEN, 200, Duration::from_secs(3)).await.is_some(), "re-enabled");
+    s.frappe.set_enabled(OAUTH_USER, false);
+    let body = format!(r#"{{"name":"{OAUTH_USER}"}}"#);
+    assert_eq!(s.webhook(&body, Some(sign(WEBHOOK_SECRET, &body))).await.status(), 200);
+    assert_eq!(s.status(TOKEN).await, 401);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(s.status(TOKEN).await, 401, "still refused after the syncs that followed the webhook");
+
+    // Deleted: its token stops working in Frappe too; the gateway forgets the user.
+    s.frappe.delete_user(OAUTH_USER);
+    assert!(s.wait_for_status(TOKEN, 401, Duration::from_secs(3)).await.is_some());
+}

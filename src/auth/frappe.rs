@@ -5,6 +5,7 @@
 //! configured Host and `X-Frappe-Site-Name` on every call, credentials marked sensitive, and
 //! error reasons that never contain a secret.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +26,8 @@ const MAX_PAGES: usize = 2_000;
 const WHOAMI_PATH: &str = "/api/method/frappe.auth.get_logged_user";
 const USER_FIELDS: &str = r#"["name","enabled","api_key","modified","restrict_ip"]"#;
 const USER_FILTERS: &str = r#"[["api_key","is","set"]]"#;
+/// Users asked for by name per list call (keeps the URL short: names are e-mail addresses).
+const NAMES_PER_CALL: usize = 50;
 /// Query values: everything but letters and digits is escaped.
 const QUERY: &AsciiSet = NON_ALPHANUMERIC;
 /// A user name as one path segment (`@`, `-`, `_` kept readable; `.` escaped).
@@ -64,6 +67,22 @@ pub trait UserSource: Send + Sync {
         sync_token: &'a Secret,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<SyncedUser>, SyncError>>;
+
+    /// The Users among `names` that exist (users without an api_key, which the list above
+    /// leaves out). One read per name unless the source can do better.
+    fn list_named_users<'a>(
+        &'a self,
+        sync_token: &'a Secret,
+        names: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<SyncedUser>, SyncError>> {
+        Box::pin(async move {
+            let mut users = Vec::with_capacity(names.len());
+            for name in names {
+                users.extend(self.get_user(sync_token, name).await?);
+            }
+            Ok(users)
+        })
+    }
 }
 
 /// A pooled HTTP client for one Frappe site.
@@ -149,21 +168,44 @@ impl FrappeClient {
         let authorization = token_header(sync_token)?;
         let mut users = Vec::new();
         for page in 0..MAX_PAGES {
-            let body = self
-                .fetch(&self.list_url(page * PAGE_SIZE), &authorization)
-                .await?
-                .ok_or(SyncError::Status(404))?;
-            let rows = serde_json::from_slice::<ListAnswer>(&body).map_err(bad_json)?.data;
-            let count = rows.len();
-            for row in rows {
-                users.push(row.into_synced(true)?);
-            }
+            let url = self.list_url(USER_FILTERS, page * PAGE_SIZE);
             // A short page is the last; a long one means the server ignored the page size.
-            if count != PAGE_SIZE {
+            if self.list_page(&url, &authorization, &mut users).await? != PAGE_SIZE {
                 return Ok(users);
             }
         }
         Err(SyncError::BadResponse(format!("more than {MAX_PAGES} pages of users")))
+    }
+
+    /// The Users among `names` that exist, `NAMES_PER_CALL` names a list call.
+    pub async fn list_named_users(
+        &self,
+        sync_token: &Secret,
+        names: &[Arc<str>],
+    ) -> Result<Vec<SyncedUser>, SyncError> {
+        let authorization = token_header(sync_token)?;
+        let mut users = Vec::with_capacity(names.len());
+        for chunk in names.chunks(NAMES_PER_CALL) {
+            let filters = serde_json::json!([["name", "in", chunk]]).to_string();
+            self.list_page(&self.list_url(&filters, 0), &authorization, &mut users).await?;
+        }
+        Ok(users)
+    }
+
+    /// One page of a User list into `users`; returns its number of rows.
+    async fn list_page(
+        &self,
+        url: &str,
+        authorization: &HeaderValue,
+        users: &mut Vec<SyncedUser>,
+    ) -> Result<usize, SyncError> {
+        let body = self.fetch(url, authorization).await?.ok_or(SyncError::Status(404))?;
+        let rows = serde_json::from_slice::<ListAnswer>(&body).map_err(bad_json)?.data;
+        let count = rows.len();
+        for row in rows {
+            users.push(row.into_synced(true)?);
+        }
+        Ok(count)
     }
 
     /// `GET /api/resource/User/NAME` with the sync token: `Ok(None)` on 404.
@@ -212,12 +254,12 @@ impl FrappeClient {
         Ok(user)
     }
 
-    fn list_url(&self, start: usize) -> String {
+    fn list_url(&self, filters: &str, start: usize) -> String {
         format!(
             "{}/api/resource/User?fields={}&filters={}&order_by={}&limit_start={start}&limit_page_length={PAGE_SIZE}",
             self.base,
             utf8_percent_encode(USER_FIELDS, QUERY),
-            utf8_percent_encode(USER_FILTERS, QUERY),
+            utf8_percent_encode(filters, QUERY),
             utf8_percent_encode("name asc", QUERY),
         )
     }
@@ -297,6 +339,14 @@ impl UserSource for FrappeClient {
     ) -> BoxFuture<'a, Result<Option<SyncedUser>, SyncError>> {
         Box::pin(FrappeClient::get_user(self, sync_token, name))
     }
+
+    fn list_named_users<'a>(
+        &'a self,
+        sync_token: &'a Secret,
+        names: &'a [Arc<str>],
+    ) -> BoxFuture<'a, Result<Vec<SyncedUser>, SyncError>> {
+        Box::pin(FrappeClient::list_named_users(self, sync_token, names))
+    }
 }
 
 fn base_url(uri: &Uri) -> anyhow::Result<String> {
@@ -369,7 +419,7 @@ impl RawUser {
     }
 }
 
-fn non_empty(value: Option<String>) -> Option<std::sync::Arc<str>> {
+fn non_empty(value: Option<String>) -> Option<Arc<str>> {
     value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).map(Into::into)
 }
 

@@ -27,9 +27,10 @@ use moka::future::Cache;
 use super::budget::{OverBudget, VerifyBudget};
 use super::digest::{Digest, Digester};
 use super::directory::{lowercase_key, Changes, Directory, SyncedUser, View};
+use super::frappe::UserSource;
 use super::header::Credential;
 pub use super::outcome::{Admitted, Outcome, Rejection, Verify, VerifyError};
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, Secret};
 
 /// A verified credential: 64 bytes, 100,000 of them cached at most by default.
 #[derive(Debug, Clone)]
@@ -184,6 +185,14 @@ pub struct CredentialStore {
     clock: Clock,
     /// Calls made to the verifier (Frappe's whoami), for metrics and the status page.
     verify_calls: AtomicU64,
+    /// Reads a user sync does not know yet (with the sync token); `None` without sync.
+    user_reader: Option<UserReader>,
+}
+
+/// Sync's source and token, for reading one user outside the periodic sync.
+struct UserReader {
+    source: Arc<dyn UserSource>,
+    token: Secret,
 }
 
 impl fmt::Debug for CredentialStore {
@@ -229,7 +238,17 @@ impl CredentialStore {
             budget: None,
             clock: Clock::default(),
             verify_calls: AtomicU64::new(0),
+            user_reader: None,
         }
+    }
+
+    /// With sync on: a credential verified for a user sync does not know yet (an OAuth-only
+    /// user, who has no api_key and so is not in sync's list; a key generated since the last
+    /// sync) has its user read at once with the sync token, so its `enabled` and
+    /// `restrict_ip` apply from the first request and sync follows it from then on.
+    pub fn with_user_reader(mut self, source: Arc<dyn UserSource>, token: Secret) -> Self {
+        self.user_reader = Some(UserReader { source, token });
+        self
     }
 
     /// Bounds the calls to Frappe that cache misses may make (see [`VerifyBudget`]).

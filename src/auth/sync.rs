@@ -2,6 +2,7 @@
 //! Users and apply them to the store; on failure log the reason and retry with exponential
 //! backoff capped at the interval. `SyncStatus` is what `/readyz` reads.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -162,15 +163,23 @@ async fn run(
     }
 }
 
-/// One full sync; returns the number of users applied.
+/// One full sync: every user with an api_key, then by name the users without one that the
+/// store follows (met through bearer tokens). Returns the number of users applied.
 async fn sync_once(
     store: &CredentialStore,
     source: &dyn UserSource,
     token: &Secret,
 ) -> Result<usize, SyncError> {
     let fetched_from = store.now();
-    let users = source.list_users(token).await?;
-    store.apply_sync_fetched(&users, fetched_from);
+    let mut users = source.list_users(token).await?;
+    let listed: HashSet<Arc<str>> = users.iter().map(|u| u.name.clone()).collect();
+    let keyless: Vec<Arc<str>> =
+        store.keyless_users().into_iter().filter(|name| !listed.contains(name)).collect();
+    if !keyless.is_empty() {
+        let named = source.list_named_users(token, &keyless).await?;
+        users.extend(named.into_iter().filter(|u| !listed.contains(&u.name)));
+    }
+    store.apply_sync_fetched(&users, &keyless.into_iter().collect(), fetched_from);
     Ok(users.len())
 }
 

@@ -81,11 +81,12 @@ pub async fn handle_user_event(
     }
     // Read first, then drop and apply together: dropped first, the credentials would be
     // verified again while the read is in flight — and Frappe 15 accepts a disabled user's key.
+    let read_from = store.now();
     let read = source.get_user(token, name).await;
     drop_credentials(store, name);
     match read {
         Ok(user) => {
-            store.apply_user(user, name);
+            store.apply_user(user, name, read_from);
             Ok(true)
         }
         Err(error) => {

@@ -203,6 +203,12 @@ impl FakeFrappe {
         self.shared.state().upsert_user(name, api_key, api_secret);
     }
 
+    /// Add a user without API keys (one who signs in with a password or OAuth): enabled,
+    /// System User, no restrict_ip.
+    pub fn add_user_without_keys(&self, name: &str) {
+        self.shared.state().ensure_user(name);
+    }
+
     /// Add a user with the System Manager role, as the gateway's sync user needs.
     pub fn add_sync_user(&self, name: &str, api_key: &str, api_secret: &str) {
         let mut state = self.shared.state();

@@ -26,21 +26,33 @@ impl CredentialStore {
     /// (also credentials cached before their user was first synced).
     pub fn apply_sync(&self, users: &[SyncedUser]) {
         let now = self.clock.now();
-        self.apply_sync_fetched(users, now);
+        self.apply_sync_fetched(users, &HashSet::new(), now);
     }
 
-    /// `apply_sync` for a list whose fetch began at `fetched_from` (from [`Self::now`]):
-    /// users refreshed one by one since then keep their newer record.
-    pub(crate) fn apply_sync_fetched(&self, users: &[SyncedUser], fetched_from: Instant) {
-        let changed = self.directory.replace(users, self.clock.now(), fetched_from);
+    /// `apply_sync` for a list whose fetch began at `fetched_from` (from [`Self::now`]) and
+    /// that asked by name for the users without an api_key in `asked` (those missing from
+    /// `users` are gone): users read one by one since then keep their newer record.
+    pub(crate) fn apply_sync_fetched(
+        &self,
+        users: &[SyncedUser],
+        asked: &HashSet<Arc<str>>,
+        fetched_from: Instant,
+    ) {
+        let changed = self.directory.replace(users, asked, self.clock.now(), fetched_from);
         self.after_change(changed);
     }
 
-    /// Takes one user's fresh record (webhook refresh); `None` means the user `name` is gone
-    /// or has no readable record, and its credentials are dropped.
-    pub fn apply_user(&self, user: Option<SyncedUser>, name: &str) {
-        let changed = self.directory.update(name, user.as_ref(), self.clock.now());
+    /// Takes one user's record from a read that began at `read_from` (from [`Self::now`]; a
+    /// webhook refresh); `None` means the user `name` is gone or has no readable record, and
+    /// its credentials are dropped. A record read later than `read_from` stays.
+    pub fn apply_user(&self, user: Option<SyncedUser>, name: &str, read_from: Instant) {
+        let changed = self.directory.update(name, user.as_ref(), self.clock.now(), read_from);
         self.after_change(changed);
+    }
+
+    /// The users without an api_key whose records the store follows (sync asks for them).
+    pub(crate) fn keyless_users(&self) -> Vec<Arc<str>> {
+        self.directory.keyless_users()
     }
 
     /// After sync or a refresh that marked someone: forget refusals of changed users' keys (a

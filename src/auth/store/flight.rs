@@ -99,7 +99,7 @@ impl CredentialStore {
         self.verify_calls.fetch_add(1, Ordering::Relaxed);
         match self.verifier.verify(authorization).await {
             Ok(user) if !user.is_empty() && user != "Guest" => {
-                let standing = self.standing(probe, authorization, &user).await?;
+                let standing = self.standing(probe, authorization, &user, started).await?;
                 Ok(self.remember(probe, user, standing, started).await)
             }
             Ok(_) | Err(VerifyError::Rejected) => {
@@ -110,16 +110,19 @@ impl CredentialStore {
         }
     }
 
-    /// The policy source of a user Frappe just vouched for. A user sync cannot see is barred
-    /// unless `auth.allow_administrator`; then its own record is read with the client's
-    /// credentials (still under the flight's budget permit). A failed read caches nothing.
+    /// The policy source of a user Frappe just vouched for: sync's record, read now if sync
+    /// does not know the user yet. A user sync cannot see is barred unless
+    /// `auth.allow_administrator`; then its own record is read with the client's credentials.
+    /// Both reads run under the flight's budget permit; a failed read caches nothing.
     pub(super) async fn standing(
         &self,
         probe: &Probe<'_>,
         authorization: &HeaderValue,
         user: &str,
+        started: Instant,
     ) -> Result<Standing, FlightError> {
         if !hidden_from_sync(user) {
+            self.learn_user(probe, user, started).await?;
             return Ok(Standing::Synced);
         }
         if !self.allow_administrator {
@@ -137,6 +140,34 @@ impl CredentialStore {
             }
             Err(VerifyError::Unavailable(why)) => Err(FlightError::Unavailable(why)),
         }
+    }
+
+    /// Reads `user` with the sync token when sync does not know it (or not with this key), so
+    /// the credential is judged by the user's own record from its first request. The record
+    /// is marked as changed just before this flight began: credentials verified earlier are
+    /// judged again, this one is not. A failed read caches nothing (503, like whoami down).
+    async fn learn_user(&self, probe: &Probe<'_>, user: &str, started: Instant) -> Result<(), FlightError> {
+        let Some(reader) = &self.user_reader else {
+            return Ok(());
+        };
+        let api_key = (!probe.bearer).then_some(probe.key.as_ref());
+        if self.directory.knows(user, api_key) {
+            return Ok(());
+        }
+        let read_from = self.clock.now();
+        let unavailable = |why: String| FlightError::Unavailable(format!("reading User {user}: {why}"));
+        let record = match reader.source.get_user(&reader.token, user).await {
+            Ok(Some(record)) if &*record.name == user => record,
+            Ok(_) => return Err(unavailable("the sync user cannot see it".into())),
+            Err(e) => return Err(unavailable(e.to_string())),
+        };
+        // `fly` stamps this credential with its start; a mark at or after it would kill it.
+        let just_before = started.checked_sub(Duration::from_nanos(1)).unwrap_or(started);
+        // Credentials this marks are refused on their next use; no pass over the cache here
+        // (one per new user would be a scan of every cached credential).
+        self.directory.update(user, Some(&record), just_before, read_from);
+        tracing::debug!(user, "credential of a user sync did not know yet: user read with the sync token");
+        Ok(())
     }
 
     pub(super) async fn remember(

@@ -420,7 +420,7 @@ async fn webhook_refresh_with_user_gone() {
     store.clock.advance(Duration::from_millis(1));
     auth(&store, &header(KEY, SECRET)).await.unwrap();
     store.revoke_user(USER);
-    store.apply_user(None, USER);
+    store.apply_user(None, USER, store.now());
     store.clock.advance(Duration::from_millis(1));
     fake.keys.lock().unwrap().clear();
     assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::WrongCredentials);
@@ -433,7 +433,7 @@ async fn webhook_refresh_disabling_a_user() {
     let store = store(&fake);
     auth(&store, &header(KEY, SECRET)).await.unwrap();
     store.revoke_user(USER);
-    store.apply_user(Some(synced(USER, KEY, "m2", false)), USER);
+    store.apply_user(Some(synced(USER, KEY, "m2", false)), USER, store.now());
     assert_eq!(auth(&store, &header(KEY, SECRET)).await.unwrap_err(), Rejection::Disabled);
 }
 
@@ -793,4 +793,115 @@ async fn entries_no_window_serves_are_freed_by_a_later_miss() {
     store.clock.advance(Duration::from_secs(10));
     auth(&store, &header(THIRD_KEY, SECRET)).await.unwrap();
     assert_eq!(store.entries().await, 2);
+}
+
+/// Sync's source for [`CredentialStore::with_user_reader`]: the fake's `own` records, read
+/// with the sync token (counted in `own_reads` too).
+impl crate::auth::frappe::UserSource for FakeFrappe {
+    fn list_users<'a>(
+        &'a self,
+        _: &'a Secret,
+    ) -> BoxFuture<'a, Result<Vec<SyncedUser>, crate::auth::frappe::SyncError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn get_user<'a>(
+        &'a self,
+        _: &'a Secret,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SyncedUser>, crate::auth::frappe::SyncError>> {
+        Box::pin(async move {
+            self.own_reads.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(crate::auth::frappe::SyncError::Transport("connection refused".into()));
+            }
+            Ok(self.own.lock().unwrap().get(name).cloned())
+        })
+    }
+}
+
+fn reading_store(fake: &Arc<FakeFrappe>) -> Arc<CredentialStore> {
+    let store = CredentialStore::new(&config(600, 30, 600), fake.clone())
+        .with_user_reader(fake.clone(), Secret::new("sync:token".into()));
+    Arc::new(store)
+}
+
+const OAUTH_USER: &str = "oauth@example.com";
+
+fn keyless(name: &str, modified: &str, enabled: bool, restrict_ip: Option<&str>) -> SyncedUser {
+    SyncedUser {
+        name: name.into(),
+        enabled,
+        api_key: None,
+        modified: modified.into(),
+        restrict_ip: restrict_ip.map(Into::into),
+    }
+}
+
+#[tokio::test]
+async fn an_oauth_only_user_is_read_once_and_judged_by_its_record() {
+    let fake = FakeFrappe::new();
+    let store = reading_store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    fake.bearers.lock().unwrap().insert("oauthtoken123".into(), OAUTH_USER.into());
+    let record = keyless(OAUTH_USER, "m1", true, Some("10.9.0.0/16"));
+    fake.own.lock().unwrap().insert(OAUTH_USER.into(), record);
+    let bearer = HeaderValue::from_static("Bearer oauthtoken123");
+    // Its restrict_ip comes with the first admission; the hit needs neither call again.
+    for _ in 0..3 {
+        let admitted = auth(&store, &bearer).await.unwrap();
+        assert_eq!(admitted.restrict_ip.as_deref(), Some("10.9.0.0/16"));
+    }
+    assert_eq!((fake.calls(), fake.own_reads.load(Ordering::SeqCst)), (1, 1));
+    assert_eq!(store.keyless_users(), vec![Arc::<str>::from(OAUTH_USER)]);
+    // Disabled by a webhook refresh: refused, and a sync that did not ask for the user (it
+    // has no key) does not bring it back.
+    store.clock.advance(Duration::from_millis(1));
+    store.revoke_user(OAUTH_USER);
+    store.apply_user(Some(keyless(OAUTH_USER, "m2", false, None)), OAUTH_USER, store.now());
+    assert_eq!(auth(&store, &bearer).await.unwrap_err(), Rejection::Disabled);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    assert_eq!(auth(&store, &bearer).await.unwrap_err(), Rejection::Disabled);
+}
+
+#[tokio::test]
+async fn a_user_that_cannot_be_read_is_not_admitted() {
+    let fake = FakeFrappe::new();
+    let store = reading_store(&fake);
+    store.apply_sync(&[synced(USER, KEY, "m1", true)]);
+    fake.bearers.lock().unwrap().insert("oauthtoken123".into(), OAUTH_USER.into());
+    let bearer = HeaderValue::from_static("Bearer oauthtoken123");
+    // The sync user cannot see it: 503, nothing cached.
+    let refused = auth(&store, &bearer).await.unwrap_err();
+    assert!(matches!(&refused, Rejection::Unavailable(why) if why.contains("cannot see")), "{refused:?}");
+    // Disabled in its record: refused as disabled.
+    fake.own.lock().unwrap().insert(OAUTH_USER.into(), keyless(OAUTH_USER, "m1", false, None));
+    assert_eq!(auth(&store, &bearer).await.unwrap_err(), Rejection::Disabled);
+    assert_eq!(fake.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_key_generated_since_the_last_sync_is_read_not_verified_on_every_request() {
+    let fake = FakeFrappe::new();
+    let reading = reading_store(&fake);
+    reading.apply_sync(&[synced(USER, "oldkey000000000", "m1", true)]);
+    reading.clock.advance(Duration::from_millis(1));
+    // Frappe now has a new key for the user, with a restrict_ip sync has not seen yet.
+    let mut record = synced(USER, KEY, "m2", true);
+    record.restrict_ip = Some("10.7.7.7".into());
+    fake.own.lock().unwrap().insert(USER.into(), record);
+    for _ in 0..3 {
+        let admitted = auth(&reading, &header(KEY, SECRET)).await.unwrap();
+        assert_eq!(admitted.restrict_ip.as_deref(), Some("10.7.7.7"));
+    }
+    assert_eq!((fake.calls(), fake.own_reads.load(Ordering::SeqCst)), (1, 1));
+    // Without a reader (no sync), the same credential is verified on every request: sync's
+    // record names another key.
+    let plain = store(&fake);
+    plain.apply_sync(&[synced(USER, "oldkey000000000", "m1", true)]);
+    plain.clock.advance(Duration::from_millis(1));
+    for _ in 0..2 {
+        auth(&plain, &header(KEY, SECRET)).await.unwrap();
+    }
+    assert_eq!(fake.calls(), 3);
 }

@@ -135,11 +135,16 @@ impl State {
         user.modified = stamp;
     }
 
-    pub fn upsert_user(&mut self, name: &str, api_key: &str, api_secret: &str) {
+    /// A System User without keys, unless `name` exists.
+    pub fn ensure_user(&mut self, name: &str) {
         if self.user(name).is_none() {
             let stamp = self.clock.stamp();
             self.users.push(User::new(name, "System User", stamp));
         }
+    }
+
+    pub fn upsert_user(&mut self, name: &str, api_key: &str, api_secret: &str) {
+        self.ensure_user(name);
         crate::common::secrets::remember(api_secret);
         let (key, secret) = (api_key.to_string(), api_secret.to_string());
         self.mutate_user(name, move |u| {
