@@ -43,7 +43,8 @@ pub struct SyncReport {
     pub last_error: Option<String>,
     /// Failures since the last success.
     pub consecutive_failures: u32,
-    /// Users with an api_key in the last good sync.
+    /// Users in the last good sync: those with an api_key, and those without one that the
+    /// store follows (met through bearer tokens).
     pub users: usize,
     /// Wall-clock time of the last success (for metrics and the status page).
     pub last_success_at: Option<SystemTime>,

@@ -46,6 +46,13 @@ impl CredentialStore {
     /// webhook refresh); `None` means the user `name` is gone or has no readable record, and
     /// its credentials are dropped. A record read later than `read_from` stays.
     pub fn apply_user(&self, user: Option<SyncedUser>, name: &str, read_from: Instant) {
+        // Every save of any User in Frappe sends the webhook: a user without a key that no
+        // credential has brought here is not taken in (sync would ask for every user ever
+        // saved). Its first bearer token reads it then.
+        let keyless = user.as_ref().is_some_and(|u| u.api_key.is_none());
+        if keyless && !self.directory.knows(name, None) {
+            return;
+        }
         let changed = self.directory.update(name, user.as_ref(), self.clock.now(), read_from);
         self.after_change(changed);
     }

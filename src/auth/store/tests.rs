@@ -905,3 +905,23 @@ async fn a_key_generated_since_the_last_sync_is_read_not_verified_on_every_reque
     }
     assert_eq!(fake.calls(), 3);
 }
+
+#[tokio::test]
+async fn a_webhook_for_a_user_without_a_key_does_not_make_it_followed() {
+    let fake = FakeFrappe::new();
+    let store = reading_store(&fake);
+    store.apply_user(
+        Some(keyless("website.user@example.com", "m1", true, None)),
+        "website.user@example.com",
+        store.now(),
+    );
+    assert!(store.keyless_users().is_empty());
+    // One that a bearer token brought is followed, and its refresh applies.
+    fake.bearers.lock().unwrap().insert("oauthtoken123".into(), OAUTH_USER.into());
+    fake.own.lock().unwrap().insert(OAUTH_USER.into(), keyless(OAUTH_USER, "m1", true, None));
+    let bearer = HeaderValue::from_static("Bearer oauthtoken123");
+    auth(&store, &bearer).await.unwrap();
+    store.clock.advance(Duration::from_millis(1));
+    store.apply_user(Some(keyless(OAUTH_USER, "m2", false, None)), OAUTH_USER, store.now());
+    assert_eq!(auth(&store, &bearer).await.unwrap_err(), Rejection::Disabled);
+}
