@@ -47,6 +47,10 @@ pub enum SyncError {
     Forbidden,
     #[error("the User list has no api_key field: the sync user needs the System Manager role")]
     ApiKeyHidden,
+    #[error(
+        "the User list has no restrict_ip field: the sync user may not read it (give it the System Manager role)"
+    )]
+    RestrictIpHidden,
     #[error("Frappe answered HTTP {0}")]
     Status(u16),
     #[error("{0}")]
@@ -398,23 +402,27 @@ struct RawUser {
     #[serde(default, deserialize_with = "present")]
     api_key: Option<Option<String>>,
     modified: String,
-    #[serde(default)]
-    restrict_ip: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    restrict_ip: Option<Option<String>>,
 }
 
 impl RawUser {
-    /// `key_required`: in a list filtered on `api_key is set`, an absent field means the
-    /// sync user cannot see keys, which would otherwise look like every key vanished.
-    fn into_synced(self, key_required: bool) -> Result<SyncedUser, SyncError> {
-        if key_required && self.api_key.is_none() {
+    /// `from_list`: a list row carries every field asked for (null when empty), so an absent
+    /// one is a field the sync user may not read — keys would look vanished, IP restrictions
+    /// lifted. (The document API leaves null fields out: there absent means empty.)
+    fn into_synced(self, from_list: bool) -> Result<SyncedUser, SyncError> {
+        if from_list && self.api_key.is_none() {
             return Err(SyncError::ApiKeyHidden);
+        }
+        if from_list && self.restrict_ip.is_none() {
+            return Err(SyncError::RestrictIpHidden);
         }
         Ok(SyncedUser {
             name: self.name.into(),
             enabled: self.enabled,
             api_key: non_empty(self.api_key.flatten()),
             modified: self.modified.into(),
-            restrict_ip: non_empty(self.restrict_ip),
+            restrict_ip: non_empty(self.restrict_ip.flatten()),
         })
     }
 }

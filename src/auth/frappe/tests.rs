@@ -190,6 +190,11 @@ async fn list_users_errors_name_the_cause() {
         (403, "{}", SyncError::Forbidden),
         (500, "{}", SyncError::Status(500)),
         (200, r#"{"data":[{"name":"a","enabled":1,"modified":"m"}]}"#, SyncError::ApiKeyHidden),
+        (
+            200,
+            r#"{"data":[{"name":"a","enabled":1,"api_key":"k","modified":"m"}]}"#,
+            SyncError::RestrictIpHidden,
+        ),
     ] {
         let server = server(move |_| (status, body.into())).await;
         assert_eq!(client(&server, None).list_users(&token()).await.unwrap_err(), expected);
