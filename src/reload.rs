@@ -131,6 +131,8 @@ fn live_sections(old: &Config, new: &Config) -> Vec<(&'static str, String, Strin
         ("server", d(&old.server), d(&new.server)),
         ("auth", d(&old.auth), d(&new.auth)),
         ("log", d(&old.log), d(&new.log)),
+        // `admin.listen` is restart-only (kept above); `admin.allowed_hosts` is read per request.
+        ("admin", d(&old.admin), d(&new.admin)),
     ]
 }
 

@@ -93,6 +93,7 @@ pub fn render(config: &Config, source: &SourceInfo) -> String {
 
     out.table("admin");
     out.kv("listen", quote(&config.admin.listen.to_string()));
+    out.kv("allowed_hosts", list(config.admin.allowed_hosts.iter().map(String::as_str)));
 
     let u = &config.upstream;
     out.table("upstream");
@@ -336,6 +337,10 @@ mod tests {
         assert!(text.contains("redis_url_env = \"FGW_REDIS\"  # set: <redacted>"), "{text}");
         assert!(text.contains("per_ip = \"10/sec burst 3\""), "{text}");
         assert!(text.contains("# per_key: no limit"), "{text}");
+        assert!(text.contains("[admin]\nlisten = \"127.0.0.1:9901\"\nallowed_hosts = []\n"), "{text}");
+        let (text, again) = round_trip(&format!("{src}[admin]\nallowed_hosts = [\"GW.internal\"]\n"));
+        assert_eq!(text, again);
+        assert!(text.contains("allowed_hosts = [\"gw.internal\"]"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
     }
 

@@ -52,6 +52,7 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub listen: S<String>,
+    pub allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -57,6 +57,9 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Host names (lowercase, no trailing dot) the admin pages answer besides IP literals and
+    /// `localhost`; `"*"` = any Host. Default empty. Guards against DNS rebinding; reloadable.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Where requests are forwarded.

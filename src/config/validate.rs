@@ -142,12 +142,22 @@ impl Validator<'_> {
     }
 
     fn cidrs(&mut self, key: &str, raw: &Option<Vec<Spanned<String>>>) -> Option<Vec<IpNet>> {
+        self.list(key, raw, |s| parse_cidr(s))
+    }
+
+    /// Parses each item of an array with `f`; an issue names the item (`key[i]`) and its line.
+    fn list<T>(
+        &mut self,
+        key: &str,
+        raw: &Option<Vec<Spanned<String>>>,
+        f: impl Fn(&String) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
         let list = raw.as_ref()?;
         let mut out = Vec::with_capacity(list.len());
         for (i, item) in list.iter().enumerate() {
             let k = format!("{key}[{i}]");
-            if let Some(net) = self.value(&k, &Some(item.clone()), |s| parse_cidr(s)) {
-                out.push(net);
+            if let Some(v) = self.value(&k, &Some(item.clone()), &f) {
+                out.push(v);
             }
         }
         Some(out)
@@ -197,6 +207,9 @@ impl Validator<'_> {
             listen: self
                 .value("admin.listen", &raw.admin.listen, |s| parse_socket_addr(s))
                 .unwrap_or_else(|| "127.0.0.1:9901".parse().expect("valid default")),
+            allowed_hosts: self
+                .list("admin.allowed_hosts", &raw.admin.allowed_hosts, |s| parse_allowed_host(s))
+                .unwrap_or_default(),
         };
         let upstream = self.upstream(raw.upstream.as_ref());
         let frappe = self.frappe(&raw.frappe, &upstream);
@@ -369,6 +382,23 @@ fn upstream_defaults(url: Uri) -> UpstreamConfig {
     }
 }
 
+/// An `admin.allowed_hosts` entry: a bare host name (`gateway.internal`), compared
+/// case-insensitively and without a trailing dot, so returned lowercase without it; or `*`
+/// alone (any Host). No scheme, port, path, userinfo or wildcard label.
+fn parse_allowed_host(s: &str) -> Result<String, String> {
+    let example = "use a bare host name such as \"gateway.internal\" (no scheme, port or path), or \"*\" alone for any Host";
+    if s == "*" {
+        return Ok(s.to_string());
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    let label_ok =
+        |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(format!("invalid host name {s:?}; {example}"));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
 /// toml reports unknown keys as "unknown field `x`, expected one of …".
 fn unknown_field_name(message: &str) -> Option<String> {
     let rest = message.strip_prefix("unknown field `")?;
@@ -479,6 +509,27 @@ mod tests {
         let src = format!("{MIN}[[route]]\npath = \"/api/\"\nauth = \"token\"\n[[route]]\npath = \"/api/method/login\"\nauth = \"public\"\n");
         let c = check(&src).unwrap();
         assert_eq!(c.routes[0].path, "/api/method/login");
+    }
+
+    #[test]
+    fn admin_allowed_hosts_default_normalize_and_errors() {
+        assert!(check(MIN).unwrap().admin.allowed_hosts.is_empty());
+        let c = check(&format!("{MIN}[admin]\nallowed_hosts = [\"Gateway.Internal.\", \"*\", \"gw_1\"]\n"))
+            .unwrap();
+        assert_eq!(c.admin.allowed_hosts, ["gateway.internal", "*", "gw_1"]);
+        let bad =
+            ["", "http://gw", "gw:9901", "gw/status", "g w", " gw", "*.example.com", "[::1]", "a..b", "."];
+        for (i, entry) in bad.iter().enumerate() {
+            let src = format!("{MIN}[admin]\nallowed_hosts = [\"ok\",\n  {:?}]\n", entry);
+            let e = check(&src).unwrap_err();
+            let issue = &e.issues[0];
+            assert_eq!(
+                (issue.key.as_str(), issue.line, e.issues.len()),
+                ("admin.allowed_hosts[1]", 5, 1),
+                "{i}: {entry:?}"
+            );
+            assert!(issue.message.contains("invalid host name"), "{issue:?}");
+        }
     }
 
     #[test]
