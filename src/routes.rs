@@ -152,9 +152,11 @@ impl RequestSpelling<'_> {
 pub(crate) struct RouteMatch<'a> {
     /// The route of the path as sent: picks the backend.
     pub sent: &'a RouteEntry,
-    /// The stricter of `sent` and the most specific route over every spelling of the call
-    /// Frappe runs (the path as sent is one, unless a `cmd` replaces it): decides the auth
-    /// mode and the limits. Both routes' allowlists apply.
+    /// The most specific route over every spelling of the call Frappe runs (the path as sent
+    /// is one, unless a `cmd` replaces it): the call's own route. Its allowlist, `deny` and
+    /// `per_ip` apply as well as `sent`'s, so no spelling of a call escapes them.
+    pub widest: &'a RouteEntry,
+    /// The stricter of `sent` and `widest`: decides the auth mode and the per-key limit.
     pub judged: &'a RouteEntry,
 }
 
@@ -201,7 +203,7 @@ impl RouteTable {
         let sent = self.for_path(&request.path);
         if !sent.target.frappe {
             // Another backend: Frappe's dispatch does not apply to what it runs.
-            return RouteMatch { sent, judged: sent };
+            return RouteMatch { sent, widest: sent, judged: sent };
         }
         let path = (!request.by_cmd).then_some(request.path.as_str());
         let spelling = RequestSpelling {
@@ -217,7 +219,7 @@ impl RouteTable {
         };
         let widest = self.routes.iter().find(|r| spelling.matches(r)).unwrap_or(&self.fallback);
         let judged = if strictness(sent.auth) > strictness(widest.auth) { sent } else { widest };
-        RouteMatch { sent, judged }
+        RouteMatch { sent, widest, judged }
     }
 }
 

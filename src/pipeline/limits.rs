@@ -27,6 +27,14 @@ pub(super) async fn limit_ip(ctx: &mut Ctx<'_>, route: &RouteEntry) -> Result<()
     apply(ctx, scope, subject, &rate, Limiter::PerIp).await
 }
 
+/// A route's own `per_ip`, for a request sent under another route's path (the route of the
+/// call it runs): nothing when the route has none (the global limit counted the request).
+pub(super) async fn limit_own_ip(ctx: &mut Ctx<'_>, route: &RouteEntry) -> Result<(), GatewayError> {
+    let Some(rate) = route.per_ip else { return Ok(()) };
+    let subject = Subject::Ip(ctx.client_ip());
+    apply(ctx, &route.ip_scope, subject, &rate, Limiter::PerIp).await
+}
+
 /// Before credentials are checked: the failed-auth lockout and the per-IP limit, decided
 /// together (one Redis round trip on the shared backend). A locked-out IP charges nothing.
 pub(super) async fn lockout_and_ip(ctx: &mut Ctx<'_>, route: &RouteEntry) -> Result<(), GatewayError> {

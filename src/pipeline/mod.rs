@@ -90,7 +90,7 @@ async fn admit<'r>(ctx: &mut Ctx<'r>, req: Request<Incoming>) -> Result<Forwarda
     };
     let body = read_body::read(ctx, &mut head, body, declared, sent, &mut frappe, preflight).await?;
     let routes = ctx.rt.routes.for_request(&frappe);
-    pre_auth::admit_judged(ctx, &routes, &frappe.call)?;
+    pre_auth::admit_call_route(ctx, &routes, &frappe.call).await?;
     let admission = authorize::admit(ctx, &routes, &head, preflight, early).await?;
     post_auth::check(ctx, &routes, &head, &frappe, &admission).await?;
     Ok(Forwardable { route: routes.sent, head, body, path_and_query: frappe.forward, admission })

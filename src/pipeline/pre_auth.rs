@@ -30,18 +30,20 @@ pub(super) async fn admit(
     }
 }
 
-/// The route judged on what Frappe will run, once the body is read: its allowlist and `deny`
-/// apply too (the limits stay those of the route as sent, already charged).
-pub(super) fn admit_judged(
+/// The route of the call Frappe will run, once the body is read: its allowlist, `deny` and
+/// own `per_ip` apply too, whichever spelling of the call was sent (`cmd` on another path,
+/// `/api/v1/…`, `/api/v2/…`). The route as sent was checked and charged already.
+pub(super) async fn admit_call_route(
     ctx: &mut Ctx<'_>,
     routes: &RouteMatch<'_>,
     call: &Call,
 ) -> Result<(), GatewayError> {
     ctx.note_call(routes.judged, call);
-    if std::ptr::eq(routes.judged, routes.sent) {
+    if std::ptr::eq(routes.widest, routes.sent) {
         return Ok(());
     }
-    admit_route(routes.judged, ctx.client_ip())
+    admit_route(routes.widest, ctx.client_ip())?;
+    limits::limit_own_ip(ctx, routes.widest).await
 }
 
 /// A route's own allowlist and `deny`.

@@ -52,7 +52,7 @@ impl ClientIpResolver {
     ///
     /// The lines are one list, in order. From a trusted peer the list is walked from the right,
     /// skipping trusted addresses; the first untrusted one is the client. A malformed entry
-    /// (not an IP, not `ip:port`, not UTF-8) stops the walk: the last good address is used, so
+    /// (not an IP, not `ip:port`, not ASCII) stops the walk: the last good address is used, so
     /// garbage never makes the answer less trustworthy than the hop that appended it. Empty
     /// entries (`a,,b`) are skipped. If every entry is trusted, the left-most is used. IPv4-mapped
     /// IPv6 addresses come back as IPv4. Allocates nothing.
@@ -66,13 +66,16 @@ impl ClientIpResolver {
             return client;
         }
         for line in xff.into_iter().rev() {
-            let Ok(line) = line.to_str() else { return client };
-            for entry in line.rsplit(',') {
-                let entry = entry.trim();
+            // Split as bytes: a non-ASCII byte the client wrote on the left of the line must
+            // not discard the entries the proxies appended on its right.
+            for entry in line.as_bytes().rsplit(|&b| b == b',') {
+                let entry = entry.trim_ascii();
                 if entry.is_empty() {
                     continue;
                 }
-                let Some(addr) = parse_entry(entry) else { return client };
+                let Some(addr) = std::str::from_utf8(entry).ok().and_then(parse_entry) else {
+                    return client;
+                };
                 client = addr;
                 if !self.is_trusted(addr) {
                     return client;
@@ -161,6 +164,13 @@ mod tests {
         assert_eq!(resolve(&r, "10.0.0.1", &["1.1.1.1, 203.0.113.9/24"]), ip("10.0.0.1"));
         let bad_utf8 = HeaderValue::from_bytes(b"1.1.1.1, \xff").unwrap();
         assert_eq!(r.resolve(ip("10.0.0.1"), Some(&bad_utf8)), ip("10.0.0.1"));
+        // Non-ASCII bytes the client wrote on the left do not discard what the proxy appended.
+        for line in
+            [&b"\xff, 203.0.113.5"[..], "é, 203.0.113.5".as_bytes(), b"\xff1.2.3.4,203.0.113.5, 10.0.0.2"]
+        {
+            let value = HeaderValue::from_bytes(line).unwrap();
+            assert_eq!(r.resolve(ip("10.0.0.1"), Some(&value)), ip("203.0.113.5"), "{line:?}");
+        }
     }
 
     #[test]
