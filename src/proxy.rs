@@ -103,11 +103,26 @@ pub(crate) fn prepare<B>(req: &mut Request<B>, info: &ForwardInfo<'_>) {
     *req.version_mut() = Version::HTTP_11;
 }
 
+/// A body streamed without a length goes chunked, whatever the method: the client's own
+/// `Transfer-Encoding` went with the hop-by-hop headers, and hyper would send a GET's or
+/// HEAD's body of unknown length as none at all.
+pub(crate) fn frame_streamed_body<B: hyper::body::Body>(req: &mut Request<B>) {
+    let unknown_length = req.body().size_hint().exact().is_none();
+    if unknown_length && !req.headers().contains_key(header::CONTENT_LENGTH) {
+        req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+}
+
 /// Cleans the upstream response for the client: hop-by-hop headers out (Frappe's gunicorn
 /// says `Connection: close`, which must not close the client's connection). The pipeline's
 /// exit sets the request id on every response, this one included.
 pub(crate) fn prepare_response<B>(resp: &mut Response<B>) {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        // Both framings from a non-conforming upstream: the body was read chunked (RFC 9112
+        // §6.3), so a stale length must not frame it again for the client (it would cut it).
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         remove_where(resp.headers_mut(), is_hop_by_hop);
     }
 }
@@ -148,9 +163,11 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// A WebSocket upgrade handshake (HTTP/1.1).
+/// A WebSocket upgrade handshake (HTTP/1.1 GET, RFC 6455 §4.1: a CORS preflight or another
+/// method asking to upgrade is not one, and its `Upgrade` is dropped).
 pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
+        && req.method() == http::Method::GET
         && req.headers().get(header::UPGRADE).is_some_and(is_websocket)
         && req
             .headers()
@@ -212,16 +229,48 @@ fn upstream_uri(base: &Uri, rewritten: Option<&str>, original: &Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
-/// Tunnels an upgraded connection (WebSocket) between client and upstream until either closes.
-pub(crate) fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Tunnels an upgraded connection (WebSocket) between client and upstream until either closes,
+/// or until the client connection's [`Lifeline`](crate::server::Lifeline) says to: no byte
+/// either way for `server.idle_timeout`, or shutdown. The tunnel keeps `conn`, and with it the
+/// connection's `server.max_connections` slot, to its end.
+pub(crate) fn tunnel(
+    conn: std::sync::Arc<crate::pipeline::ConnInfo>,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    /// How long closing a tunnel may take to say goodbye (TLS close_notify, FIN) on each side.
+    const GOODBYE: std::time::Duration = std::time::Duration::from_secs(1);
     tokio::spawn(async move {
-        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
+        let closing = async {
+            match conn.lifeline() {
+                Some(lifeline) => lifeline.closing().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(closing);
+        let upgraded = tokio::select! {
+            upgraded = async { (client.await, upstream.await) } => upgraded,
+            end = &mut closing => {
+                tracing::debug!(peer = %conn.peer, ?end, "tunnel closed before the upgrade completed");
+                return;
+            }
+        };
+        let (Ok(client), Ok(upstream)) = upgraded else {
             tracing::debug!("upgrade failed on one side");
             return;
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let end = tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => return,
+            end = closing => end,
+        };
+        tracing::debug!(peer = %conn.peer, ?end, "tunnel closed by the gateway");
+        let goodbye = async {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = tokio::join!(client.shutdown(), upstream.shutdown());
+        };
+        let _ = tokio::time::timeout(GOODBYE, goodbye).await;
     });
 }
 

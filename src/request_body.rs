@@ -1,7 +1,9 @@
-//! The client's request body: read whole when it is small enough to judge (as nginx buffers
-//! request bodies before it connects upstream, so a slow client never holds one of Frappe's
-//! few sync workers), else streamed upstream with a size cap, an idle timeout and, for a
-//! multipart form, the streaming scan that aborts it before Frappe could act on a judged field.
+//! The client's request body, read whole before the upstream is contacted, as nginx buffers
+//! request bodies (`proxy_request_buffering`), so a slow client never holds one of Frappe's few
+//! sync workers: in memory up to `inspect_body_bytes`, beyond that into an unnamed temporary
+//! file (with the size cap, the idle timeout and, for a multipart form, the scan's verdict
+//! before anything goes upstream). With `server.request_buffering = false` a large body is
+//! streamed through instead, the scan aborting it before Frappe could act on a judged field.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
@@ -28,8 +31,11 @@ pub(crate) struct BodyLimits {
     pub inspect: u64,
     /// No body may be larger.
     pub max: u64,
-    /// Buffered: the whole body; streamed: the longest pause between two chunks.
+    /// Buffered: the whole body; spooled or streamed: the longest pause between two chunks.
     pub read_timeout: Duration,
+    /// Bodies larger than `inspect` are spooled to a temporary file before anything goes
+    /// upstream (`server.request_buffering`), else streamed.
+    pub buffer_all: bool,
 }
 
 /// A body after the buffering attempt.
@@ -72,6 +78,85 @@ async fn read_prefix(mut body: Incoming, inspect: u64) -> Result<ReadBody, Gatew
         }
     }
     Ok(ReadBody::Complete(concat(prefix, seen)))
+}
+
+/// A body larger than `inspect`, read whole into an unnamed temporary file (gone with its last
+/// handle: nothing is left behind, whatever happens to the process).
+pub(crate) struct Spooled {
+    file: tokio::fs::File,
+    len: u64,
+}
+
+/// Reads the rest of a body into a temporary file, `prefix` first: cut off past `limits.max`
+/// (413) or after `limits.read_timeout` without data (408); a multipart form is judged on the
+/// way by `scan`, and refused (403) before the upstream hears of it. Trailers end the body
+/// (they are not forwarded).
+pub(crate) async fn spool(
+    prefix: VecDeque<Bytes>,
+    mut rest: Incoming,
+    limits: &BodyLimits,
+    mut scan: Option<MultipartScan>,
+) -> Result<Spooled, GatewayError> {
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
+        .await
+        .map_err(|e| spool_failed(e.to_string()))?
+        .map_err(|e| spool_failed(e.to_string()))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut len = 0u64;
+    let mut chunks = prefix;
+    loop {
+        let chunk = match chunks.pop_front() {
+            Some(chunk) => chunk,
+            None => match tokio::time::timeout(limits.read_timeout, rest.frame()).await {
+                Err(_) => return Err(body_timeout(limits.read_timeout)),
+                Ok(None) => break,
+                Ok(Some(frame)) => match frame.map_err(client_failed)?.into_data() {
+                    Ok(data) => data,
+                    Err(_trailers) => break,
+                },
+            },
+        };
+        len += chunk.len() as u64;
+        if len > limits.max {
+            return Err(BodyFailure::TooLarge.to_error());
+        }
+        if let Some(scan) = scan.as_mut() {
+            scan.push(chunk.clone());
+            refuse_on_verdict(scan)?;
+        }
+        file.write_all(&chunk).await.map_err(|e| spool_failed(e.to_string()))?;
+    }
+    if let Some(scan) = scan.as_mut() {
+        scan.close();
+        match scan.verdict() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(BodyFailure::Refused(e).to_error()),
+            None => return Err(BodyFailure::Refused(FormError::BadMultipart).to_error()),
+        }
+    }
+    file.flush().await.map_err(|e| spool_failed(e.to_string()))?;
+    file.rewind().await.map_err(|e| spool_failed(e.to_string()))?;
+    Ok(Spooled { file, len })
+}
+
+impl Spooled {
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+fn refuse_on_verdict(scan: &MultipartScan) -> Result<(), GatewayError> {
+    match scan.verdict() {
+        Some(Err(e)) => Err(BodyFailure::Refused(e).to_error()),
+        _ => Ok(()),
+    }
+}
+
+/// The temporary file could not be written (disk full, no temporary directory): the gateway's
+/// own trouble, so "try again later", never the client's fault.
+fn spool_failed(why: String) -> GatewayError {
+    GatewayError::new(ErrorKind::Unavailable, "the request body cannot be buffered right now; retry shortly")
+        .with_reason(format!("spooling the request body to a temporary file failed: {why}"))
 }
 
 fn concat(mut chunks: VecDeque<Bytes>, len: u64) -> Bytes {
@@ -139,6 +224,8 @@ pub(crate) enum BodyFailure {
     /// The client's connection failed mid-body.
     Client,
     Refused(FormError),
+    /// A spooled body could not be read back from its temporary file.
+    Spool,
 }
 
 impl BodyFailure {
@@ -154,7 +241,8 @@ impl BodyFailure {
                     .with_reason("client body failed while streaming")
             }
             BodyFailure::Refused(e) => GatewayError::new(ErrorKind::Forbidden, e.to_string())
-                .with_reason(format!("streamed multipart body aborted: {e}")),
+                .with_reason(format!("multipart body refused by the scan: {e}")),
+            BodyFailure::Spool => spool_failed("reading the temporary file back failed".into()),
         }
     }
 }
@@ -201,7 +289,37 @@ pub(crate) struct UpstreamBody {
 
 enum Inner {
     Full(Option<Bytes>),
+    Spooled(Box<SpooledBody>),
     Stream(Box<Streamed>),
+}
+
+/// A spooled body on its way upstream, read back in chunks of [`SPOOL_CHUNK`].
+struct SpooledBody {
+    file: tokio::fs::File,
+    remaining: u64,
+}
+
+const SPOOL_CHUNK: usize = 64 * 1024;
+
+impl SpooledBody {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let mut chunk = vec![0; SPOOL_CHUNK.min(self.remaining as usize)];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.file).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(Some(Err(BodyFailure::Spool))),
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Some(Err(BodyFailure::Spool))),
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().len();
+                chunk.truncate(read);
+                self.remaining -= read as u64;
+                Poll::Ready(Some(Ok(Bytes::from(chunk))))
+            }
+        }
+    }
 }
 
 struct Streamed {
@@ -227,6 +345,13 @@ impl UpstreamBody {
 
     pub(crate) fn empty(stats: Arc<BodyStats>) -> Self {
         Self::full(Bytes::new(), stats)
+    }
+
+    /// A body read whole into a temporary file ([`spool`]); its length is known.
+    pub(crate) fn spooled(spooled: Spooled, stats: Arc<BodyStats>) -> Self {
+        stats.bytes.store(spooled.len, Ordering::Relaxed);
+        let body = SpooledBody { file: spooled.file, remaining: spooled.len };
+        UpstreamBody { inner: Inner::Spooled(Box::new(body)), stats }
     }
 
     /// Streams `prefix` then `rest`, cut off past `limits.max` or after `limits.read_timeout`
@@ -267,6 +392,23 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         match &mut this.inner {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Spooled(f) => match f.poll_chunk(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if f.remaining == 0 {
+                        this.stats.mark_sent();
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
+                Poll::Ready(Some(Err(failure))) => {
+                    this.stats.fail(failure);
+                    Poll::Ready(Some(Err(BodyRefused)))
+                }
+                Poll::Ready(None) => {
+                    this.stats.mark_sent();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            },
             Inner::Stream(s) => match s.poll_next(cx, &this.stats) {
                 Poll::Ready(Some(Err(failure))) => {
                     this.stats.fail(failure);
@@ -277,7 +419,14 @@ impl Body for UpstreamBody {
                     this.stats.mark_sent();
                     Poll::Ready(None)
                 }
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // hyper stops polling a body of known length after its last byte: the end
+                    // (which starts `upstream.timeout`) is noticed here, not at a `None`.
+                    if s.drained() {
+                        this.stats.mark_sent();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -286,19 +435,27 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(bytes) => bytes.is_none(),
-            Inner::Stream(s) => s.rest.is_none() && s.prefix.is_empty() && s.held.is_none(),
+            Inner::Spooled(f) => f.remaining == 0,
+            Inner::Stream(s) => s.drained(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Spooled(f) => SizeHint::with_exact(f.remaining),
             Inner::Stream(_) => SizeHint::default(),
         }
     }
 }
 
 impl Streamed {
+    /// Nothing left to hand over: the client's body has ended (its last byte has arrived)
+    /// and nothing is queued or held.
+    fn drained(&self) -> bool {
+        self.prefix.is_empty() && self.held.is_none() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
     fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
@@ -311,22 +468,24 @@ impl Streamed {
                 Poll::Ready(Err(failure)) => return Poll::Ready(Some(Err(failure))),
                 Poll::Pending => return Poll::Pending,
             };
-            if let Some(data) = frame.data_ref() {
-                self.seen += data.len() as u64;
-                stats.bytes.store(self.seen, Ordering::Relaxed);
-                if self.seen > self.limit {
-                    return Poll::Ready(Some(Err(BodyFailure::TooLarge)));
-                }
+            let Some(data) = frame.data_ref() else {
+                // Trailers end the body (HTTP/2 sends them with END_STREAM). They are not
+                // forwarded, and must not release the held frame before the scan's verdict.
+                self.rest = None;
+                return self.poll_end(cx);
+            };
+            self.seen += data.len() as u64;
+            stats.bytes.store(self.seen, Ordering::Relaxed);
+            if self.seen > self.limit {
+                return Poll::Ready(Some(Err(BodyFailure::TooLarge)));
             }
             let Some(scan) = self.scan.as_mut() else { return Poll::Ready(Some(Ok(frame))) };
-            if let Some(data) = frame.data_ref() {
-                // An empty frame (HTTP/2's END_STREAM alone) must not release the held one:
-                // that one holds the body's last bytes, which wait for the scan's verdict.
-                if data.is_empty() {
-                    continue;
-                }
-                scan.push(data.clone());
+            // An empty frame (HTTP/2's END_STREAM alone) must not release the held one: that
+            // one holds the body's last bytes, which wait for the scan's verdict.
+            if data.is_empty() {
+                continue;
             }
+            scan.push(data.clone());
             if let Poll::Ready(Err(e)) = scan.poll(cx) {
                 return Poll::Ready(Some(Err(BodyFailure::Refused(e))));
             }

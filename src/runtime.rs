@@ -77,6 +77,7 @@ impl Runtime {
                 inspect: config.server.inspect_body_bytes,
                 max: config.server.max_body_bytes,
                 read_timeout: config.server.body_read_timeout,
+                buffer_all: config.server.request_buffering,
             },
             max_header_bytes: config.server.max_header_bytes,
             user_header: config.auth.user_header.clone(),

@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::activity_io::{Activity, ActivityIo};
@@ -127,10 +127,8 @@ pub(crate) async fn serve_proxy(
             _ = shutdown.changed() => break,
         };
         let (listener_ctx, shutdown) = (listener_ctx.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            serve_connection(stream, peer, &listener_ctx, shutdown).await;
-            drop(permit);
-        });
+        // The slot goes with the connection (its `ConnInfo`), and on to its WebSocket tunnel.
+        tokio::spawn(async move { serve_connection(stream, peer, &listener_ctx, shutdown, permit).await });
     }
     drop(listener);
     drain(&slots, server.max_connections, server.shutdown_grace).await;
@@ -156,7 +154,8 @@ pub(crate) async fn accept(
     }
 }
 
-/// Waits until every connection has returned its slot, or the grace period ends.
+/// Waits until every connection (WebSocket tunnels included) has returned its slot, or the grace
+/// period ends.
 async fn drain(slots: &Semaphore, total: usize, grace: Duration) {
     let all = u32::try_from(total).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
@@ -201,17 +200,18 @@ async fn serve_connection(
     peer: SocketAddr,
     listener: &ProxyListener,
     shutdown: ShutdownSignal,
+    slot: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let metrics = &listener.state.obs.metrics;
-    let _open = OpenConnection::new(&metrics.open_connections);
+    let open = OpenConnection::new(&metrics.open_connections);
     // IPv4-mapped IPv6 peers (dual-stack sockets) are the IPv4 address they carry.
     let peer_ip = peer.ip().to_canonical();
-    let worker = listener.worker;
+    let held = Held { _slot: slot, _open: open };
     // The certificate in force when the client connects (a reload swaps it for later ones).
     let Some(certificate) = listener.state.tls.load_full() else {
-        let info = Arc::new(ConnInfo::new(listener.state.clone(), peer_ip, None, worker));
-        return serve_io(stream, info, listener, shutdown, Protocol::Sniffed).await;
+        let conn = Conn { peer: peer_ip, tls: None, protocol: Protocol::Sniffed, held };
+        return serve_io(stream, conn, listener, shutdown).await;
     };
     let acceptor = TlsAcceptor::from(certificate.config.clone());
     let handshake = tokio::time::timeout(listener.header_read_timeout, acceptor.accept(stream));
@@ -223,8 +223,8 @@ async fn serve_connection(
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Sniffed,
             };
-            let info = Arc::new(ConnInfo::new(listener.state.clone(), peer_ip, version, worker));
-            serve_io(stream, info, listener, shutdown, protocol).await;
+            let conn = Conn { peer: peer_ip, tls: version, protocol, held };
+            serve_io(stream, conn, listener, shutdown).await;
         }
         Ok(Err(e)) => {
             metrics.record_tls_failure(TlsFailure::Error);
@@ -237,20 +237,71 @@ async fn serve_connection(
     }
 }
 
-/// Counts a client connection in `gateway_open_connections` while it lives.
-struct OpenConnection<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+/// Counts a client connection in `gateway_open_connections` while it lives (its tunnel
+/// included: the guard goes with the connection's [`Lifeline`]).
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
 
-impl<'a> OpenConnection<'a> {
-    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+impl OpenConnection {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
         gauge.inc();
-        OpenConnection(gauge)
+        OpenConnection(gauge.clone())
     }
 }
 
-impl Drop for OpenConnection<'_> {
+impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// What a client connection holds from accept to its end, tunnel included (released when
+/// dropped).
+struct Held {
+    /// Its `server.max_connections` slot.
+    _slot: OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+/// A connection past its TLS handshake, before serving.
+struct Conn {
+    peer: std::net::IpAddr,
+    tls: Option<&'static str>,
+    protocol: Protocol,
+    held: Held,
+}
+
+/// What a connection hands on to its WebSocket tunnel, in its [`ConnInfo`]. hyper's connection
+/// future ends at the upgrade, taking [`watch_reasons_to_close`]'s watcher with it, so the
+/// tunnel (which keeps the `ConnInfo`) holds the connection's slot and watches the same reasons
+/// to close: `server.idle_timeout` without a byte either way, and shutdown. The slot is freed
+/// when the last holder of the `ConnInfo` (the connection, its requests, its tunnel) is gone.
+pub(crate) struct Lifeline {
+    _held: Held,
+    activity: Arc<Activity>,
+    idle_timeout: Duration,
+    shutdown: ShutdownSignal,
+}
+
+impl Lifeline {
+    /// Resolves once a tunnel should close: the client connection has moved no byte (either
+    /// way: the tunnel reads and writes through it) for `server.idle_timeout`, or shutdown has
+    /// begun (already, or later). Tunnels hold no request to finish, so shutdown closes them at
+    /// once rather than at the end of `server.shutdown_grace`.
+    pub(crate) async fn closing(&self) -> TunnelEnd {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            // Err: the sender is gone, which only happens when the gateway stops.
+            _ = shutdown.wait_for(|stopping| *stopping) => TunnelEnd::Shutdown,
+            () = self.activity.idle_for(self.idle_timeout) => TunnelEnd::Idle,
+        }
+    }
+}
+
+/// Why [`Lifeline::closing`] fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TunnelEnd {
+    Idle,
+    Shutdown,
 }
 
 /// What a connection speaks, as far as the TLS handshake says.
@@ -265,16 +316,20 @@ enum Protocol {
 
 /// Serves one connection until it closes, it has been silent for `idle_timeout`, or
 /// shutdown begins; the last two close it gracefully (in-flight requests finish first).
-async fn serve_io<I>(
-    io: I,
-    info: Arc<ConnInfo>,
-    listener: &ProxyListener,
-    shutdown: ShutdownSignal,
-    protocol: Protocol,
-) where
+async fn serve_io<I>(io: I, conn: Conn, listener: &ProxyListener, shutdown: ShutdownSignal)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn { peer, tls, protocol, held } = conn;
     let (io, activity) = ActivityIo::new(io);
+    let lifeline = Lifeline {
+        _held: held,
+        activity: activity.clone(),
+        idle_timeout: listener.idle_timeout,
+        shutdown: shutdown.clone(),
+    };
+    let info = ConnInfo::new(listener.state.clone(), peer, tls, listener.worker).with_lifeline(lifeline);
+    let info = Arc::new(info);
     let io = TokioIo::new(HeadErrorReply::new(io, info.clone()));
     let served = Arc::new(AtomicBool::new(false));
     let closing = watch_reasons_to_close(listener, activity, served.clone(), shutdown);
@@ -382,4 +437,60 @@ fn log_connection_end(info: &Arc<ConnInfo>, result: Result<(), Box<dyn std::erro
         return;
     };
     RequestLog::unparsed(info, kind, info.shared.obs.request_ids.next(), 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lifeline holding one of `slots`, counted in `gauge`, with no byte ever moving.
+    fn lifeline(
+        slots: &Arc<Semaphore>,
+        gauge: &prometheus_client::metrics::gauge::Gauge,
+        idle: Duration,
+    ) -> (Lifeline, watch::Sender<bool>) {
+        let slot = slots.clone().try_acquire_owned().expect("a free slot");
+        let (_io, activity) = ActivityIo::new(tokio::io::empty());
+        let (stop, shutdown) = watch::channel(false);
+        let held = Held { _slot: slot, _open: OpenConnection::new(gauge) };
+        (Lifeline { _held: held, activity, idle_timeout: idle, shutdown }, stop)
+    }
+
+    #[tokio::test]
+    async fn a_silent_tunnel_closes_after_the_idle_timeout() {
+        let (slots, gauge) = (Arc::new(Semaphore::new(1)), Default::default());
+        let (lifeline, _stop) = lifeline(&slots, &gauge, Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        assert_eq!(lifeline.closing().await, TunnelEnd::Idle);
+        assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    }
+
+    /// Shutdown closes a tunnel at once, also one that starts after shutdown has begun (the
+    /// connection saw the change already).
+    #[tokio::test]
+    async fn shutdown_closes_a_tunnel_at_once_even_when_it_began_before() {
+        let (slots, gauge) = (Arc::new(Semaphore::new(2)), Default::default());
+        let (watching, stop) = lifeline(&slots, &gauge, Duration::from_secs(3600));
+        let waiting = tokio::spawn(async move { watching.closing().await });
+        tokio::task::yield_now().await;
+        stop.send(true).unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("closed in time");
+        assert_eq!(end.unwrap(), TunnelEnd::Shutdown);
+
+        let (mut lifeline, stop) = lifeline(&slots, &gauge, Duration::from_secs(3600));
+        stop.send(true).unwrap();
+        lifeline.shutdown.mark_unchanged();
+        let end = tokio::time::timeout(Duration::from_secs(5), lifeline.closing()).await;
+        assert_eq!(end.expect("closed in time"), TunnelEnd::Shutdown);
+    }
+
+    /// Whoever holds the lifeline holds the connection's slot and its count in the gauge.
+    #[tokio::test]
+    async fn the_slot_and_the_open_count_go_with_the_lifeline() {
+        let (slots, gauge) = (Arc::new(Semaphore::new(1)), Default::default());
+        let (lifeline, _stop) = lifeline(&slots, &gauge, Duration::from_secs(3600));
+        assert_eq!((slots.available_permits(), gauge.get()), (0, 1));
+        drop(lifeline);
+        assert_eq!((slots.available_permits(), gauge.get()), (1, 0));
+    }
 }

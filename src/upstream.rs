@@ -9,12 +9,23 @@
 //! backend closes are not reused. A request that could not even be written on a reused
 //! connection (the backend closed it while it sat idle) is sent once more on a new one.
 //!
+//! A WebSocket handshake never takes an idle connection: those are opened without upgrade
+//! support, and hyper's client would fail the backend's `101`. It gets a new connection, opened
+//! with upgrades, which never goes back to the idle list (whatever the answer).
+//!
 //! `upstream.max_connections` caps the connections open to each backend (in use or idle;
 //! WebSocket tunnels not counted once upgraded), split evenly between the workers: each
 //! connection holds one of its worker's slots for that backend. A request that finds no idle
 //! connection and no free slot waits, up to `upstream.queue_timeout`, for a connection to come
 //! back or a slot to free up, then gets 503 — a burst no longer opens a connection per request.
 //! Reusing an idle connection touches no slot: the cap costs nothing per request.
+//!
+//! Why a tunnel gives its slot back at the `101`: a tunnel lives as long as its browser tab,
+//! and a backend that serves both requests and WebSockets (frappe_docker's `frontend` nginx)
+//! would see its slots, and with them every request of the worker, held by open sockets — a
+//! few hundred tabs would 503 the API. The cap is there to spread bursts of requests over time;
+//! tunnels are bounded instead by `server.max_connections` (each holds its client connection's
+//! slot), `server.idle_timeout` and shutdown (see `proxy::tunnel`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -98,6 +109,7 @@ struct Backend {
 }
 
 /// An open connection and the slot it holds (freed when the connection is dropped).
+/// For an upgrade's connection, dropped at the `101`: see the module docs.
 struct Connection {
     sender: SendRequest<UpstreamBody>,
     slot: OwnedSemaphorePermit,
@@ -185,11 +197,13 @@ impl Upstream {
         let backend = Backend::of(req.uri());
         *req.uri_mut() = origin_form(req.uri());
         let upgrade = crate::proxy::is_upgrade(&req);
-        let checkout = match self.pool.take(&backend).await {
+        // Never an idle connection for an upgrade (see the module docs).
+        let idle = if upgrade { None } else { self.pool.take(&backend).await };
+        let checkout = match idle {
             Some(connection) => Checkout::Idle(connection),
             // Boxed, as the connector's future below: rarely needed, and every request's
             // future would otherwise carry their size.
-            None => Box::pin(self.pool.wait_for_connection(&backend, self.queue_timeout)).await?,
+            None => Box::pin(self.pool.wait_for_connection(&backend, self.queue_timeout, upgrade)).await?,
         };
         let (mut connection, reused) = match checkout {
             Checkout::Idle(connection) => (connection, true),
@@ -206,8 +220,9 @@ impl Upstream {
             }
             Err(e) => return Err(Failure::Http(e.into_error())),
         };
-        let lease = Lease { pool: self.pool.clone(), backend, connection };
-        // An upgraded connection belongs to its tunnel from now on.
+        let lease = Lease { pool: self.pool.clone(), backend, connection, reusable: !upgrade };
+        // An upgraded connection belongs to its tunnel from now on, and its slot is free (see
+        // the module docs).
         let lease = (response.status() != http::StatusCode::SWITCHING_PROTOCOLS).then_some(lease);
         Ok(response.map(|body| UpstreamResponse { body, lease }))
     }
@@ -281,8 +296,14 @@ impl Pool {
     }
 
     /// A free slot for a new connection, or a connection that another request of this worker
-    /// has finished with, whichever comes first within `patience`.
-    async fn wait_for_connection(&self, backend: &Backend, patience: Duration) -> Result<Checkout, Failure> {
+    /// has finished with, whichever comes first within `patience`. For an `upgrade`, never a
+    /// connection: the slot of an idle one (the oldest), which is closed.
+    async fn wait_for_connection(
+        &self,
+        backend: &Backend,
+        patience: Duration,
+        upgrade: bool,
+    ) -> Result<Checkout, Failure> {
         let (slots, returned) =
             self.with_backend(backend, |pool| (pool.slots.clone(), pool.returned.clone()));
         if let Ok(slot) = slots.clone().try_acquire_owned() {
@@ -292,7 +313,11 @@ impl Pool {
         let wait = async {
             loop {
                 let returned = returned.notified();
-                if let Some(connection) = self.take(backend).await {
+                if upgrade {
+                    if let Some(oldest) = self.with_backend(backend, |pool| pool.idle.pop_front()) {
+                        return Checkout::New(oldest.connection.slot);
+                    }
+                } else if let Some(connection) = self.take(backend).await {
                     return Checkout::Idle(connection);
                 }
                 tokio::select! {
@@ -364,6 +389,8 @@ struct Lease {
     pool: Arc<Pool>,
     backend: Backend,
     connection: Connection,
+    /// `false` for an upgrade's connection: it only holds its slot until the body is done.
+    reusable: bool,
 }
 
 /// The upstream's response body; its connection returns to the pool when the body is done.
@@ -375,7 +402,7 @@ pub(crate) struct UpstreamResponse {
 impl Drop for UpstreamResponse {
     fn drop(&mut self) {
         // A body dropped before its end leaves the connection mid-message: not reusable.
-        if let Some(lease) = self.lease.take().filter(|_| self.body.is_end_stream()) {
+        if let Some(lease) = self.lease.take().filter(|lease| lease.reusable && self.body.is_end_stream()) {
             lease.pool.put(lease.backend, lease.connection);
         }
     }
@@ -465,4 +492,91 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A backend that answers each request `200 ok` on a keep-alive connection, and a WebSocket
+    /// handshake `101`, after which it echoes bytes; counts its connections.
+    async fn backend() -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while stream.read(&mut byte).await.unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                        if !head.ends_with(b"\r\n\r\n") {
+                            continue;
+                        }
+                        if String::from_utf8_lossy(&head).to_ascii_lowercase().contains("upgrade: websocket")
+                        {
+                            let switch = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+                            stream.write_all(switch).await.unwrap();
+                            let (mut reader, mut writer) = stream.split();
+                            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                            return;
+                        }
+                        head.clear();
+                        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    }
+                });
+            }
+        });
+        (url, connections)
+    }
+
+    fn request(url: &str, upgrade: bool) -> Request<UpstreamBody> {
+        let mut builder = Request::get(format!("{url}/socket.io/"));
+        if upgrade {
+            builder = builder.header("connection", "upgrade").header("upgrade", "websocket");
+        }
+        builder.body(UpstreamBody::empty(Default::default())).unwrap()
+    }
+
+    /// An upgrade after a plain request to the same backend: the idle connection (opened without
+    /// upgrade support) is not used, its slot is (a cap of 1); the tunnel gives its slot back,
+    /// so the next plain request does not wait for it.
+    #[tokio::test]
+    async fn an_upgrade_gets_a_new_connection_and_a_tunnel_holds_no_slot() {
+        let (url, connections) = backend().await;
+        let cap = ConnectionCap { per_worker: Some(1), queue_timeout: Duration::from_millis(300) };
+        let upstream = Upstream::new(Duration::from_secs(2), Duration::from_secs(5), cap);
+        let stats = BodyStats::default();
+
+        let (plain, _) =
+            upstream.send(request(&url, false), &stats).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(plain.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(connections.load(Ordering::Relaxed), 1);
+
+        let (mut switched, _) =
+            upstream.send(request(&url, true), &stats).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(switched.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+        let tunnel = hyper::upgrade::on(&mut switched).await.expect("the 101 is upgraded");
+        let mut tunnel = hyper_util::rt::TokioIo::new(tunnel);
+        tunnel.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        tunnel.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping");
+        assert_eq!(connections.load(Ordering::Relaxed), 2, "the upgrade took the idle connection");
+
+        let (plain, _) =
+            upstream.send(request(&url, false), &stats).await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(plain.status(), http::StatusCode::OK);
+        assert_eq!(connections.load(Ordering::Relaxed), 3);
+        drop(tunnel);
+    }
 }

@@ -43,6 +43,7 @@ pub(super) struct RawServer {
     pub max_header_bytes: S<u64>,
     pub max_body_bytes: S<u64>,
     pub inspect_body_bytes: S<u64>,
+    pub request_buffering: Option<bool>,
     pub body_read_timeout: S<String>,
     pub shutdown_grace: S<String>,
     pub workers: S<u64>,

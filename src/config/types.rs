@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// Bodies up to this size are read whole before an upstream connection is used, and
     /// judged when Frappe would parse them (form, JSON); larger forms and JSON get 413.
     pub inspect_body_bytes: u64,
+    /// A body larger than `inspect_body_bytes` is read whole into a temporary file before
+    /// the upstream is contacted (`true`), or streamed through (`false`).
+    pub request_buffering: bool,
     /// How long a request body may take to arrive (buffered: in all; streamed: between chunks).
     pub body_read_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.

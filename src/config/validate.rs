@@ -269,6 +269,7 @@ impl Validator<'_> {
             max_header_bytes: self.positive("server.max_header_bytes", &s.max_header_bytes, 16384) as usize,
             max_body_bytes,
             inspect_body_bytes,
+            request_buffering: s.request_buffering.unwrap_or(true),
             body_read_timeout: self.duration("server.body_read_timeout", &s.body_read_timeout, "30s"),
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace, "30s"),
             workers: self.positive("server.workers", &s.workers, default_workers()) as usize,

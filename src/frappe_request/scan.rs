@@ -65,10 +65,16 @@ impl MultipartScan {
     /// malformed body, `Pending` while it needs more bytes. Judging happens in `push` and
     /// `close`; nothing here waits.
     pub fn poll(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), FormError>> {
-        match &self.verdict {
-            Some(verdict) => Poll::Ready(verdict.clone()),
+        match self.verdict() {
+            Some(verdict) => Poll::Ready(verdict),
             None => Poll::Pending,
         }
+    }
+
+    /// The verdict once there is one: a refusal as soon as a judged field is seen, `Ok` once
+    /// the whole form has been read (after [`Self::close`]).
+    pub fn verdict(&self) -> Option<Result<(), FormError>> {
+        self.verdict.clone()
     }
 }
 

@@ -18,6 +18,7 @@ use crate::proxy::X_REQUEST_ID;
 use crate::request_log::RequestLog;
 use crate::routes::RouteEntry;
 use crate::runtime::Runtime;
+use crate::server::Lifeline;
 use crate::state::{RequestId, Shared};
 
 /// Facts about the client connection a request arrived on, and the gateway's state: each
@@ -33,6 +34,9 @@ pub(crate) struct ConnInfo {
     h2_responses: AtomicU32,
     /// The head the HTTP parser refused has been answered and logged (`head_error_reply`).
     unparsed_answered: AtomicBool,
+    /// The connection's slot and reasons to close, for a WebSocket tunnel to take over (`None`
+    /// outside a listener: the bench harness).
+    lifeline: Option<Lifeline>,
 }
 
 /// Every this many HTTP/2 responses of a connection (the first included), one sends its
@@ -48,7 +52,18 @@ impl ConnInfo {
             worker,
             h2_responses: AtomicU32::new(0),
             unparsed_answered: AtomicBool::new(false),
+            lifeline: None,
         }
+    }
+
+    /// The connection's [`Lifeline`]: whoever keeps this `ConnInfo` keeps the connection's slot.
+    pub(crate) fn with_lifeline(mut self, lifeline: Lifeline) -> Self {
+        self.lifeline = Some(lifeline);
+        self
+    }
+
+    pub(crate) fn lifeline(&self) -> Option<&Lifeline> {
+        self.lifeline.as_ref()
     }
 
     /// Notes that the head the HTTP parser refused has been answered and logged (hyper closes
@@ -74,6 +89,8 @@ impl ConnInfo {
 
 /// See the module docs.
 pub(super) struct Ctx<'a> {
+    /// The connection, for a WebSocket tunnel to keep (see [`ConnInfo::with_lifeline`]).
+    pub(super) conn: &'a Arc<ConnInfo>,
     pub(super) shared: &'a Shared,
     /// The runtime configuration this request started with.
     pub(super) rt: &'a Runtime,
@@ -94,7 +111,7 @@ impl<'a> Ctx<'a> {
         let client_ip = rt.client_ip.resolve(conn.peer, req.headers().get_all("x-forwarded-for"));
         let request_id = request_id(shared, rt, conn.peer, req);
         let log = Box::new(RequestLog::begin(conn, req, request_id.clone(), client_ip));
-        Ctx { shared, rt, log, request_id, rate: None, key_charged: None, worker: conn.worker }
+        Ctx { conn, shared, rt, log, request_id, rate: None, key_charged: None, worker: conn.worker }
     }
 
     pub(super) fn client_ip(&self) -> IpAddr {

@@ -65,6 +65,7 @@ pub(super) async fn forward(
     let client_upgrade =
         proxy::is_upgrade(&req).then(|| req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()).flatten();
     proxy::prepare(&mut req, &info);
+    proxy::frame_streamed_body(&mut req);
     let stats = ctx.log.body_stats.clone().unwrap_or_default();
     ctx.log.upstream = Some(target.address.clone());
     let (mut upstream_response, took) = ctx.shared.upstreams[ctx.worker].send(req, &stats).await?;
@@ -73,7 +74,7 @@ pub(super) async fn forward(
 
     if let Some(client_upgrade) = client_upgrade {
         if upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            proxy::tunnel(client_upgrade, hyper::upgrade::on(&mut upstream_response));
+            proxy::tunnel(ctx.conn.clone(), client_upgrade, hyper::upgrade::on(&mut upstream_response));
         }
     }
     proxy::prepare_response(&mut upstream_response);

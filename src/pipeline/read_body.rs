@@ -57,7 +57,13 @@ pub(super) async fn read(
                     return Err(request_body::too_large_to_judge(limits))
                 }
             };
-            Ok(UpstreamBody::streamed(prefix, rest, limits, scan, stats))
+            if !limits.buffer_all {
+                return Ok(UpstreamBody::streamed(prefix, rest, limits, scan, stats));
+            }
+            let spooled = request_body::spool(prefix, rest, limits, scan).await?;
+            head.headers.remove(TRANSFER_ENCODING);
+            head.headers.insert(CONTENT_LENGTH, HeaderValue::from(spooled.len()));
+            Ok(UpstreamBody::spooled(spooled, stats))
         }
     }
 }
