@@ -36,6 +36,37 @@ pub(crate) struct BodyLimits {
     /// Bodies larger than `inspect` are spooled to a temporary file before anything goes
     /// upstream (`server.request_buffering`), else streamed.
     pub buffer_all: bool,
+    /// Bytes all spooled bodies may hold at once (`server.max_spool_bytes`).
+    pub max_spool: u64,
+}
+
+/// Bytes the gateway's spooled bodies hold on disk now.
+#[derive(Debug, Default)]
+pub(crate) struct SpoolGauge(AtomicU64);
+
+/// A body's share of a [`SpoolGauge`], given back when the body is done with (dropped).
+struct SpoolShare {
+    gauge: Arc<SpoolGauge>,
+    bytes: u64,
+}
+
+impl SpoolShare {
+    /// Takes `more` bytes more, unless that would pass `cap`.
+    fn grow(&mut self, more: u64, cap: u64) -> bool {
+        let before = self.gauge.0.fetch_add(more, Ordering::Relaxed);
+        if before.saturating_add(more) > cap {
+            self.gauge.0.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        self.bytes += more;
+        true
+    }
+}
+
+impl Drop for SpoolShare {
+    fn drop(&mut self) {
+        self.gauge.0.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// A body after the buffering attempt.
@@ -85,6 +116,7 @@ async fn read_prefix(mut body: Incoming, inspect: u64) -> Result<ReadBody, Gatew
 pub(crate) struct Spooled {
     file: tokio::fs::File,
     len: u64,
+    share: SpoolShare,
 }
 
 /// Reads the rest of a body into a temporary file, `prefix` first: cut off past `limits.max`
@@ -96,6 +128,7 @@ pub(crate) async fn spool(
     mut rest: Incoming,
     limits: &BodyLimits,
     mut scan: Option<MultipartScan>,
+    gauge: &Arc<SpoolGauge>,
 ) -> Result<Spooled, GatewayError> {
     let file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
@@ -103,6 +136,7 @@ pub(crate) async fn spool(
         .map_err(|e| spool_failed(e.to_string()))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut len = 0u64;
+    let mut share = SpoolShare { gauge: gauge.clone(), bytes: 0 };
     let mut chunks = prefix;
     loop {
         let chunk = match chunks.pop_front() {
@@ -124,6 +158,12 @@ pub(crate) async fn spool(
             scan.push(chunk.clone());
             refuse_on_verdict(scan)?;
         }
+        if !share.grow(chunk.len() as u64, limits.max_spool) {
+            return Err(spool_failed(format!(
+                "spooled bodies would pass server.max_spool_bytes ({})",
+                limits.max_spool
+            )));
+        }
         file.write_all(&chunk).await.map_err(|e| spool_failed(e.to_string()))?;
     }
     if let Some(scan) = scan.as_mut() {
@@ -136,7 +176,7 @@ pub(crate) async fn spool(
     }
     file.flush().await.map_err(|e| spool_failed(e.to_string()))?;
     file.rewind().await.map_err(|e| spool_failed(e.to_string()))?;
-    Ok(Spooled { file, len })
+    Ok(Spooled { file, len, share })
 }
 
 impl Spooled {
@@ -297,6 +337,7 @@ enum Inner {
 struct SpooledBody {
     file: tokio::fs::File,
     remaining: u64,
+    _share: SpoolShare,
 }
 
 const SPOOL_CHUNK: usize = 64 * 1024;
@@ -350,7 +391,7 @@ impl UpstreamBody {
     /// A body read whole into a temporary file ([`spool`]); its length is known.
     pub(crate) fn spooled(spooled: Spooled, stats: Arc<BodyStats>) -> Self {
         stats.bytes.store(spooled.len, Ordering::Relaxed);
-        let body = SpooledBody { file: spooled.file, remaining: spooled.len };
+        let body = SpooledBody { file: spooled.file, remaining: spooled.len, _share: spooled.share };
         UpstreamBody { inner: Inner::Spooled(Box::new(body)), stats }
     }
 

@@ -78,6 +78,7 @@ impl Runtime {
                 max: config.server.max_body_bytes,
                 read_timeout: config.server.body_read_timeout,
                 buffer_all: config.server.request_buffering,
+                max_spool: config.server.max_spool_bytes,
             },
             max_header_bytes: config.server.max_header_bytes,
             user_header: config.auth.user_header.clone(),

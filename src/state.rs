@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{FailedAuthTracker, RateLimiter, RestrictIpCache, RevocationBus};
 use crate::reload::ConfigSource;
+use crate::request_body::SpoolGauge;
 use crate::runtime::Runtime;
 use crate::tls::Certificate;
 use crate::upstream::{ConnectionCap, Upstream};
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) upstreams: Vec<Upstream>,
     pub(crate) probe: Upstream,
     pub(crate) obs: Observability,
+    /// Bytes held by spooled request bodies now (bounded by `server.max_spool_bytes`).
+    pub(crate) spooled: Arc<SpoolGauge>,
 }
 
 /// Authentication and its background machinery.
@@ -116,6 +119,7 @@ impl Shared {
             limits,
             obs: Observability { access_log, metrics, request_ids: RequestIds::new() },
             runtime: ArcSwap::from_pointee(runtime),
+            spooled: Arc::default(),
         })
     }
 

@@ -669,6 +669,39 @@ async fn trickled_large_bodies_do_not_starve_gunicorn_sync_workers() {
     );
 }
 
+/// Spooled bodies share `server.max_spool_bytes`: a body that would pass it gets 503 (the
+/// gateway's own limit, "retry shortly") and never reaches the upstream; the share comes back
+/// when a request ends, so the next one fits again.
+#[tokio::test]
+async fn spooled_bodies_are_bounded_by_max_spool_bytes() {
+    let frappe = FakeFrappe::start().await;
+    let config = ConfigBuilder::new(&frappe.url())
+        .set("server", "inspect_body_bytes = 1024")
+        .set("server", "max_spool_bytes = 3000")
+        .extra(PUBLIC_ROUTE)
+        .build();
+    let gateway = Gateway::start(&config, &[]).await;
+    let client = http_client();
+    let upload = |len: usize| {
+        client
+            .post(format!("{}/__test/upload", gateway.base_url()))
+            .header("content-type", "application/octet-stream")
+            .body(vec![b'x'; len])
+            .send()
+    };
+    for round in 0..3 {
+        let fits = upload(2500).await.unwrap();
+        assert_eq!(fits.status(), 200, "round {round}: a body within the spool's bound");
+    }
+    frappe.clear_requests();
+    let too_big = upload(4000).await.unwrap();
+    assert_eq!(too_big.status(), 503);
+    let body: serde_json::Value = too_big.json().await.unwrap();
+    assert_eq!(body["exc_type"], "ServiceUnavailableError", "{body}");
+    assert!(frappe.last_request_to("/__test/upload").is_none(), "nothing reached the upstream");
+    assert_eq!(upload(2500).await.unwrap().status(), 200, "the refused body gave its share back");
+}
+
 // ----- 5. Request framing towards the upstream ------------------------------------------------
 
 /// Byte-level HTTP/1.1 framing tricks a client can send. Whatever the gateway answers, every

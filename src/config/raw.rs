@@ -44,6 +44,7 @@ pub(super) struct RawServer {
     pub max_body_bytes: S<u64>,
     pub inspect_body_bytes: S<u64>,
     pub request_buffering: Option<bool>,
+    pub max_spool_bytes: S<u64>,
     pub body_read_timeout: S<String>,
     pub shutdown_grace: S<String>,
     pub workers: S<u64>,

@@ -42,6 +42,8 @@ pub struct ServerConfig {
     /// A body larger than `inspect_body_bytes` is read whole into a temporary file before
     /// the upstream is contacted (`true`), or streamed through (`false`).
     pub request_buffering: bool,
+    /// Bytes all spooled bodies may hold on disk at once; beyond, a large body gets 503.
+    pub max_spool_bytes: u64,
     /// How long a request body may take to arrive (buffered: in all; streamed: between chunks).
     pub body_read_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.

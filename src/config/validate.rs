@@ -270,6 +270,7 @@ impl Validator<'_> {
             max_body_bytes,
             inspect_body_bytes,
             request_buffering: s.request_buffering.unwrap_or(true),
+            max_spool_bytes: self.positive("server.max_spool_bytes", &s.max_spool_bytes, 1_073_741_824),
             body_read_timeout: self.duration("server.body_read_timeout", &s.body_read_timeout, "30s"),
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace, "30s"),
             workers: self.positive("server.workers", &s.workers, default_workers()) as usize,

@@ -60,7 +60,7 @@ pub(super) async fn read(
             if !limits.buffer_all {
                 return Ok(UpstreamBody::streamed(prefix, rest, limits, scan, stats));
             }
-            let spooled = request_body::spool(prefix, rest, limits, scan).await?;
+            let spooled = request_body::spool(prefix, rest, limits, scan, &ctx.shared.spooled).await?;
             head.headers.remove(TRANSFER_ENCODING);
             head.headers.insert(CONTENT_LENGTH, HeaderValue::from(spooled.len()));
             Ok(UpstreamBody::spooled(spooled, stats))
