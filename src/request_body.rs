@@ -38,19 +38,29 @@ pub(crate) struct BodyLimits {
     pub buffer_all: bool,
     /// Bytes all spooled bodies may hold at once (`server.max_spool_bytes`).
     pub max_spool: u64,
+    /// Bytes all bodies being read into memory may hold at once (`server.max_buffered_bytes`).
+    pub max_buffered: u64,
+    /// The same for one connection (`server.max_buffered_bytes_per_connection`).
+    pub max_buffered_per_connection: u64,
 }
 
-/// Bytes the gateway's spooled bodies hold on disk now.
+/// Bytes request bodies hold now, in memory or on disk (one gauge each, bounded by
+/// `server.max_buffered_bytes` / `max_spool_bytes`): many clients sending bodies at once, on
+/// many connections or HTTP/2 streams, get 503 rather than exhaust the gateway.
 #[derive(Debug, Default)]
-pub(crate) struct SpoolGauge(AtomicU64);
+pub(crate) struct ByteGauge(AtomicU64);
 
-/// A body's share of a [`SpoolGauge`], given back when the body is done with (dropped).
-struct SpoolShare {
-    gauge: Arc<SpoolGauge>,
+/// A body's share of a [`ByteGauge`], given back when the body is done with (dropped).
+pub(crate) struct ByteShare {
+    gauge: Arc<ByteGauge>,
     bytes: u64,
 }
 
-impl SpoolShare {
+impl ByteShare {
+    fn new(gauge: &Arc<ByteGauge>) -> Self {
+        ByteShare { gauge: gauge.clone(), bytes: 0 }
+    }
+
     /// Takes `more` bytes more, unless that would pass `cap`.
     fn grow(&mut self, more: u64, cap: u64) -> bool {
         let before = self.gauge.0.fetch_add(more, Ordering::Relaxed);
@@ -63,52 +73,90 @@ impl SpoolShare {
     }
 }
 
-impl Drop for SpoolShare {
+impl Drop for ByteShare {
     fn drop(&mut self) {
         self.gauge.0.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
+/// A body's bytes in memory, counted on its connection and on the whole gateway (many HTTP/2
+/// streams of one connection, or many connections, sending bodies that never end).
+pub(crate) struct MemoryShare {
+    conn: ByteShare,
+    total: ByteShare,
+}
+
+impl MemoryShare {
+    pub(crate) fn new(conn: &Arc<ByteGauge>, total: &Arc<ByteGauge>) -> Self {
+        MemoryShare { conn: ByteShare::new(conn), total: ByteShare::new(total) }
+    }
+
+    fn grow(&mut self, more: u64, limits: &BodyLimits) -> Result<(), GatewayError> {
+        if !self.conn.grow(more, limits.max_buffered_per_connection) {
+            return Err(too_busy(format!(
+                "bodies read into memory on this connection would pass \
+                 server.max_buffered_bytes_per_connection ({})",
+                limits.max_buffered_per_connection
+            )));
+        }
+        if !self.total.grow(more, limits.max_buffered) {
+            return Err(too_busy(format!(
+                "bodies read into memory would pass server.max_buffered_bytes ({})",
+                limits.max_buffered
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A body after the buffering attempt.
 pub(crate) enum ReadBody {
-    /// The whole body (empty for none).
-    Complete(Bytes),
-    /// Larger than `inspect`: what was read so far, and the rest still to come.
-    Partial { prefix: VecDeque<Bytes>, rest: Incoming },
+    /// The whole body (empty for none), and its share of the memory gauges.
+    Complete(Bytes, Option<MemoryShare>),
+    /// Larger than `inspect`: what was read so far (and its share), and the rest still to come.
+    Partial { prefix: VecDeque<Bytes>, share: Option<MemoryShare>, rest: Incoming },
 }
 
 /// Reads up to `limits.inspect` bytes within `limits.read_timeout`. `declared` is the
 /// Content-Length: a body declared larger than `inspect` is not waited for at all.
+/// `memory` counts the bytes held (bounded by `limits.max_buffered*`).
 pub(crate) async fn read(
     body: Incoming,
     declared: Option<u64>,
     limits: &BodyLimits,
+    memory: MemoryShare,
 ) -> Result<ReadBody, GatewayError> {
     if body.is_end_stream() {
-        return Ok(ReadBody::Complete(Bytes::new()));
+        return Ok(ReadBody::Complete(Bytes::new(), None));
     }
     if declared.is_some_and(|len| len > limits.inspect) {
-        return Ok(ReadBody::Partial { prefix: VecDeque::new(), rest: body });
+        return Ok(ReadBody::Partial { prefix: VecDeque::new(), share: None, rest: body });
     }
-    match tokio::time::timeout(limits.read_timeout, read_prefix(body, limits.inspect)).await {
+    let reading = read_prefix(body, limits, memory);
+    match tokio::time::timeout(limits.read_timeout, reading).await {
         Ok(result) => result,
         Err(_) => Err(body_timeout(limits.read_timeout)),
     }
 }
 
-async fn read_prefix(mut body: Incoming, inspect: u64) -> Result<ReadBody, GatewayError> {
+async fn read_prefix(
+    mut body: Incoming,
+    limits: &BodyLimits,
+    mut share: MemoryShare,
+) -> Result<ReadBody, GatewayError> {
     let mut prefix = VecDeque::new();
     let mut seen = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(client_failed)?;
         let Ok(data) = frame.into_data() else { continue };
+        share.grow(data.len() as u64, limits)?;
         seen += data.len() as u64;
         prefix.push_back(data);
-        if seen > inspect {
-            return Ok(ReadBody::Partial { prefix, rest: body });
+        if seen > limits.inspect {
+            return Ok(ReadBody::Partial { prefix, share: Some(share), rest: body });
         }
     }
-    Ok(ReadBody::Complete(concat(prefix, seen)))
+    Ok(ReadBody::Complete(concat(prefix, seen), Some(share)))
 }
 
 /// A body larger than `inspect`, read whole into an unnamed temporary file (gone with its last
@@ -116,7 +164,7 @@ async fn read_prefix(mut body: Incoming, inspect: u64) -> Result<ReadBody, Gatew
 pub(crate) struct Spooled {
     file: tokio::fs::File,
     len: u64,
-    share: SpoolShare,
+    share: ByteShare,
 }
 
 /// Reads the rest of a body into a temporary file, `prefix` first: cut off past `limits.max`
@@ -128,7 +176,7 @@ pub(crate) async fn spool(
     mut rest: Incoming,
     limits: &BodyLimits,
     mut scan: Option<MultipartScan>,
-    gauge: &Arc<SpoolGauge>,
+    gauge: &Arc<ByteGauge>,
 ) -> Result<Spooled, GatewayError> {
     let file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
@@ -136,7 +184,7 @@ pub(crate) async fn spool(
         .map_err(|e| spool_failed(e.to_string()))?;
     let mut file = tokio::fs::File::from_std(file);
     let mut len = 0u64;
-    let mut share = SpoolShare { gauge: gauge.clone(), bytes: 0 };
+    let mut share = ByteShare::new(gauge);
     let mut chunks = prefix;
     loop {
         let chunk = match chunks.pop_front() {
@@ -159,7 +207,7 @@ pub(crate) async fn spool(
             refuse_on_verdict(scan)?;
         }
         if !share.grow(chunk.len() as u64, limits.max_spool) {
-            return Err(spool_failed(format!(
+            return Err(too_busy(format!(
                 "spooled bodies would pass server.max_spool_bytes ({})",
                 limits.max_spool
             )));
@@ -195,8 +243,14 @@ fn refuse_on_verdict(scan: &MultipartScan) -> Result<(), GatewayError> {
 /// The temporary file could not be written (disk full, no temporary directory): the gateway's
 /// own trouble, so "try again later", never the client's fault.
 fn spool_failed(why: String) -> GatewayError {
+    too_busy(format!("spooling the request body to a temporary file failed: {why}"))
+}
+
+/// 503: the gateway cannot hold this body now (its bounds are in use by other bodies, or the
+/// disk failed).
+fn too_busy(reason: String) -> GatewayError {
     GatewayError::new(ErrorKind::Unavailable, "the request body cannot be buffered right now; retry shortly")
-        .with_reason(format!("spooling the request body to a temporary file failed: {why}"))
+        .with_reason(reason)
 }
 
 fn concat(mut chunks: VecDeque<Bytes>, len: u64) -> Bytes {
@@ -325,6 +379,8 @@ impl BodyStats {
 pub(crate) struct UpstreamBody {
     inner: Inner,
     stats: Arc<BodyStats>,
+    /// Its bytes in memory, counted until the body is dropped (`None` for no body).
+    _held: Option<MemoryShare>,
 }
 
 enum Inner {
@@ -337,7 +393,7 @@ enum Inner {
 struct SpooledBody {
     file: tokio::fs::File,
     remaining: u64,
-    _share: SpoolShare,
+    _share: ByteShare,
 }
 
 const SPOOL_CHUNK: usize = 64 * 1024;
@@ -378,27 +434,29 @@ struct Streamed {
 }
 
 impl UpstreamBody {
-    pub(crate) fn full(bytes: Bytes, stats: Arc<BodyStats>) -> Self {
+    /// A body read whole into memory; `held` is its share of the memory gauge.
+    pub(crate) fn full(bytes: Bytes, held: Option<MemoryShare>, stats: Arc<BodyStats>) -> Self {
         stats.bytes.store(bytes.len() as u64, Ordering::Relaxed);
         stats.mark_sent();
-        UpstreamBody { inner: Inner::Full(Some(bytes).filter(|b| !b.is_empty())), stats }
+        UpstreamBody { inner: Inner::Full(Some(bytes).filter(|b| !b.is_empty())), stats, _held: held }
     }
 
     pub(crate) fn empty(stats: Arc<BodyStats>) -> Self {
-        Self::full(Bytes::new(), stats)
+        Self::full(Bytes::new(), None, stats)
     }
 
     /// A body read whole into a temporary file ([`spool`]); its length is known.
     pub(crate) fn spooled(spooled: Spooled, stats: Arc<BodyStats>) -> Self {
         stats.bytes.store(spooled.len, Ordering::Relaxed);
         let body = SpooledBody { file: spooled.file, remaining: spooled.len, _share: spooled.share };
-        UpstreamBody { inner: Inner::Spooled(Box::new(body)), stats }
+        UpstreamBody { inner: Inner::Spooled(Box::new(body)), stats, _held: None }
     }
 
     /// Streams `prefix` then `rest`, cut off past `limits.max` or after `limits.read_timeout`
     /// without data; `scan` judges a multipart form on the way.
     pub(crate) fn streamed(
         prefix: VecDeque<Bytes>,
+        held: Option<MemoryShare>,
         rest: Incoming,
         limits: &BodyLimits,
         scan: Option<MultipartScan>,
@@ -414,7 +472,7 @@ impl UpstreamBody {
             scan,
             held: None,
         };
-        UpstreamBody { inner: Inner::Stream(Box::new(streamed)), stats }
+        UpstreamBody { inner: Inner::Stream(Box::new(streamed)), stats, _held: held }
     }
 }
 

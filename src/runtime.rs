@@ -79,6 +79,8 @@ impl Runtime {
                 read_timeout: config.server.body_read_timeout,
                 buffer_all: config.server.request_buffering,
                 max_spool: config.server.max_spool_bytes,
+                max_buffered: config.server.max_buffered_bytes,
+                max_buffered_per_connection: config.server.max_buffered_bytes_per_connection,
             },
             max_header_bytes: config.server.max_header_bytes,
             user_header: config.auth.user_header.clone(),

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::{FailedAuthTracker, RateLimiter, RestrictIpCache, RevocationBus};
 use crate::reload::ConfigSource;
-use crate::request_body::SpoolGauge;
+use crate::request_body::ByteGauge;
 use crate::runtime::Runtime;
 use crate::tls::Certificate;
 use crate::upstream::{ConnectionCap, Upstream};
@@ -37,7 +37,9 @@ pub(crate) struct Shared {
     pub(crate) probe: Upstream,
     pub(crate) obs: Observability,
     /// Bytes held by spooled request bodies now (bounded by `server.max_spool_bytes`).
-    pub(crate) spooled: Arc<SpoolGauge>,
+    pub(crate) spooled: Arc<ByteGauge>,
+    /// Bytes of request bodies read into memory now (bounded by `server.max_buffered_bytes`).
+    pub(crate) buffered: Arc<ByteGauge>,
 }
 
 /// Authentication and its background machinery.
@@ -120,6 +122,7 @@ impl Shared {
             obs: Observability { access_log, metrics, request_ids: RequestIds::new() },
             runtime: ArcSwap::from_pointee(runtime),
             spooled: Arc::default(),
+            buffered: Arc::default(),
         })
     }
 

@@ -89,6 +89,8 @@ pub fn render(config: &Config, source: &SourceInfo) -> String {
     out.kv("inspect_body_bytes", s.inspect_body_bytes.to_string());
     out.kv("request_buffering", s.request_buffering.to_string());
     out.kv("max_spool_bytes", s.max_spool_bytes.to_string());
+    out.kv("max_buffered_bytes", s.max_buffered_bytes.to_string());
+    out.kv("max_buffered_bytes_per_connection", s.max_buffered_bytes_per_connection.to_string());
     out.kv("body_read_timeout", duration(s.body_read_timeout));
     out.kv("shutdown_grace", duration(s.shutdown_grace));
     out.kv("workers", s.workers.to_string());

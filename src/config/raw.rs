@@ -45,6 +45,8 @@ pub(super) struct RawServer {
     pub inspect_body_bytes: S<u64>,
     pub request_buffering: Option<bool>,
     pub max_spool_bytes: S<u64>,
+    pub max_buffered_bytes: S<u64>,
+    pub max_buffered_bytes_per_connection: S<u64>,
     pub body_read_timeout: S<String>,
     pub shutdown_grace: S<String>,
     pub workers: S<u64>,

@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub request_buffering: bool,
     /// Bytes all spooled bodies may hold on disk at once; beyond, a large body gets 503.
     pub max_spool_bytes: u64,
+    /// Bytes all request bodies being read into memory may hold at once; beyond, 503.
+    pub max_buffered_bytes: u64,
+    /// The same for the requests of one connection (HTTP/2 streams).
+    pub max_buffered_bytes_per_connection: u64,
     /// How long a request body may take to arrive (buffered: in all; streamed: between chunks).
     pub body_read_timeout: Duration,
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.

@@ -259,6 +259,23 @@ impl Validator<'_> {
                 format!("{inspect_body_bytes} is larger than server.max_body_bytes {max_body_bytes}"),
             );
         }
+        // A body's chunk may cross inspect_body_bytes before it is spooled: room for two.
+        let at_least = inspect_body_bytes.saturating_mul(2);
+        let mut buffered = |key: &str, raw: &S<u64>, default: u64| {
+            let value = self.positive(key, raw, default.max(at_least));
+            if value < at_least {
+                let span = raw.as_ref().map(|v| v.span());
+                let why = format!("{value} is less than twice server.inspect_body_bytes ({at_least})");
+                self.issue(key, span, why);
+            }
+            value
+        };
+        let max_buffered_bytes = buffered("server.max_buffered_bytes", &s.max_buffered_bytes, 268_435_456);
+        let max_buffered_bytes_per_connection = buffered(
+            "server.max_buffered_bytes_per_connection",
+            &s.max_buffered_bytes_per_connection,
+            8_388_608,
+        );
         ServerConfig {
             listen,
             tls,
@@ -271,6 +288,8 @@ impl Validator<'_> {
             inspect_body_bytes,
             request_buffering: s.request_buffering.unwrap_or(true),
             max_spool_bytes: self.positive("server.max_spool_bytes", &s.max_spool_bytes, 1_073_741_824),
+            max_buffered_bytes,
+            max_buffered_bytes_per_connection,
             body_read_timeout: self.duration("server.body_read_timeout", &s.body_read_timeout, "30s"),
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace, "30s"),
             workers: self.positive("server.workers", &s.workers, default_workers()) as usize,
@@ -511,6 +530,22 @@ mod tests {
         let src = format!("{MIN}[[route]]\npath = \"/api/\"\nauth = \"token\"\n[[route]]\npath = \"/api/method/login\"\nauth = \"public\"\n");
         let c = check(&src).unwrap();
         assert_eq!(c.routes[0].path, "/api/method/login");
+    }
+
+    #[test]
+    fn body_memory_bounds_default_and_must_hold_two_inspected_bodies() {
+        let c = check(MIN).unwrap();
+        assert_eq!(
+            (c.server.max_buffered_bytes, c.server.max_buffered_bytes_per_connection),
+            (268_435_456, 8_388_608)
+        );
+        let src =
+            format!("{MIN}[server]\ninspect_body_bytes = 1000\nmax_buffered_bytes_per_connection = 1999\n");
+        let e = check(&src).unwrap_err();
+        assert_eq!(e.issues[0].key, "server.max_buffered_bytes_per_connection");
+        assert!(e.issues[0].message.contains("twice server.inspect_body_bytes"), "{:?}", e.issues[0]);
+        let src = format!("{MIN}[server]\ninspect_body_bytes = 1000\nmax_buffered_bytes = 2000\n");
+        assert_eq!(check(&src).unwrap().server.max_buffered_bytes, 2000);
     }
 
     #[test]

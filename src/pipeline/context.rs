@@ -34,6 +34,8 @@ pub(crate) struct ConnInfo {
     h2_responses: AtomicU32,
     /// The head the HTTP parser refused has been answered and logged (`head_error_reply`).
     unparsed_answered: AtomicBool,
+    /// Bytes of request bodies this connection's requests hold in memory now.
+    pub(crate) buffered: Arc<crate::request_body::ByteGauge>,
     /// The connection's slot and reasons to close, for a WebSocket tunnel to take over (`None`
     /// outside a listener: the bench harness).
     lifeline: Option<Lifeline>,
@@ -52,6 +54,7 @@ impl ConnInfo {
             worker,
             h2_responses: AtomicU32::new(0),
             unparsed_answered: AtomicBool::new(false),
+            buffered: Arc::default(),
             lifeline: None,
         }
     }

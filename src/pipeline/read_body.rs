@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use super::context::Ctx;
 use crate::error::{ErrorKind, GatewayError};
 use crate::frappe_request::{body_kind, BodyKind, FormError, FrappeRequest, MultipartScan};
-use crate::request_body::{self, BodyStats, ReadBody, UpstreamBody};
+use crate::request_body::{self, BodyStats, MemoryShare, ReadBody, UpstreamBody};
 use crate::routes::RouteEntry;
 
 pub(super) async fn read(
@@ -34,8 +34,9 @@ pub(super) async fn read(
         false => BodyKind::Opaque,
     };
     let limits = &ctx.rt.body_limits;
-    match request_body::read(body, declared, limits).await? {
-        ReadBody::Complete(bytes) => {
+    let memory = MemoryShare::new(&ctx.conn.buffered, &ctx.shared.buffered);
+    match request_body::read(body, declared, limits, memory).await? {
+        ReadBody::Complete(bytes, held) => {
             // An empty body adds nothing to the query's form_dict, read with the head (a
             // multipart form is still parsed: an empty one is malformed).
             let adds_fields = !bytes.is_empty() || matches!(kind, BodyKind::Multipart { .. });
@@ -46,9 +47,9 @@ pub(super) async fn read(
             if !bytes.is_empty() {
                 head.headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             }
-            Ok(UpstreamBody::full(bytes, stats))
+            Ok(UpstreamBody::full(bytes, held, stats))
         }
-        ReadBody::Partial { prefix, rest } => {
+        ReadBody::Partial { prefix, share, rest } => {
             let scan = match kind {
                 BodyKind::Multipart { boundary } => Some(MultipartScan::new(&boundary)),
                 BodyKind::Opaque => None,
@@ -58,9 +59,11 @@ pub(super) async fn read(
                 }
             };
             if !limits.buffer_all {
-                return Ok(UpstreamBody::streamed(prefix, rest, limits, scan, stats));
+                return Ok(UpstreamBody::streamed(prefix, share, rest, limits, scan, stats));
             }
             let spooled = request_body::spool(prefix, rest, limits, scan, &ctx.shared.spooled).await?;
+            // The prefix is on disk now: its memory is free.
+            drop(share);
             head.headers.remove(TRANSFER_ENCODING);
             head.headers.insert(CONTENT_LENGTH, HeaderValue::from(spooled.len()));
             Ok(UpstreamBody::spooled(spooled, stats))
