@@ -17,10 +17,15 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// How many reads and writes moved bytes. A count, not a time: reading the clock on every
-/// read and write of a busy connection costs more than the idle check needs.
+/// How many reads and writes moved bytes, and the connection's requests. A count, not a time:
+/// reading the clock on every read and write of a busy connection costs more than the idle
+/// check needs.
+#[derive(Default)]
 pub(crate) struct Activity {
     moves: AtomicU64,
+    /// Requests begun on the connection, and how many of them are not finished.
+    requests: AtomicU64,
+    in_flight: AtomicU64,
 }
 
 /// The idle check looks at the count this many times per `idle_timeout`.
@@ -32,16 +37,46 @@ impl Activity {
         self.moves.store(self.moves.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
+    pub(crate) fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Resolves once no byte has moved for `limit`: between `limit` and 1.25 × `limit` after
-    /// the last one, never before.
+    /// the last one, never before (a WebSocket tunnel: bytes are all there is).
     pub(crate) async fn idle_for(&self, limit: Duration) {
+        self.quiet_for(limit, || self.moves.load(Ordering::Relaxed)).await
+    }
+
+    /// Resolves once the connection has been idle for `limit`: no request begun and none in
+    /// flight, or, while one is in flight, no byte moved. Bytes alone between requests do not
+    /// count: HTTP/2 PINGs (or any frame that starts no request) must not keep a connection,
+    /// and its `server.max_connections` slot, forever.
+    pub(crate) async fn idle_between_requests(&self, limit: Duration) {
+        self.quiet_for(limit, || {
+            let requests = self.requests.load(Ordering::Relaxed);
+            match self.in_flight.load(Ordering::Relaxed) {
+                0 => requests,
+                // Mixed so that bytes moved during a request count as progress.
+                _ => requests ^ self.moves.load(Ordering::Relaxed).rotate_left(32) ^ (1 << 63),
+            }
+        })
+        .await
+    }
+
+    /// Resolves once `progress` has not changed for `limit`.
+    async fn quiet_for(&self, limit: Duration, progress: impl Fn() -> u64) {
         // At least a millisecond: a zero limit must not spin.
         let step = (limit / CHECKS_PER_LIMIT).max(Duration::from_millis(1));
-        let mut seen = self.moves.load(Ordering::Relaxed);
+        let mut seen = progress();
         let mut quiet_checks = 0;
         loop {
             tokio::time::sleep(step).await;
-            let now = self.moves.load(Ordering::Relaxed);
+            let now = progress();
             if now != seen {
                 (seen, quiet_checks) = (now, 0);
             } else if quiet_checks + 1 == CHECKS_PER_LIMIT {
@@ -55,7 +90,7 @@ impl Activity {
 
 impl<I> ActivityIo<I> {
     pub(crate) fn new(inner: I) -> (Self, Arc<Activity>) {
-        let activity = Arc::new(Activity { moves: AtomicU64::new(0) });
+        let activity = Arc::new(Activity::default());
         (ActivityIo { inner, activity: activity.clone() }, activity)
     }
 }
@@ -121,7 +156,7 @@ mod tests {
     #[tokio::test]
     async fn idle_resolves_between_the_limit_and_a_quarter_past_it() {
         let limit = Duration::from_millis(800);
-        let activity = Arc::new(Activity { moves: AtomicU64::new(0) });
+        let activity = Arc::new(Activity::default());
         let started = std::time::Instant::now();
         let last_touch = {
             let activity = activity.clone();
@@ -142,5 +177,31 @@ mod tests {
             closed <= last_touch + limit + limit / 4 + slack,
             "closed {closed:?}, last byte at {last_touch:?}"
         );
+    }
+
+    /// Between requests bytes do not count (HTTP/2 PINGs); during one, they do.
+    #[tokio::test]
+    async fn between_requests_only_requests_count() {
+        let limit = Duration::from_millis(400);
+        let activity = Arc::new(Activity::default());
+        let pinger = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    activity.touch();
+                }
+            })
+        };
+        let started = tokio::time::Instant::now();
+        activity.idle_between_requests(limit).await;
+        assert!(started.elapsed() < limit * 2, "bytes alone kept it: {:?}", started.elapsed());
+        // A request in flight whose bytes keep moving is not idle.
+        activity.request_started();
+        let busy = tokio::time::timeout(limit * 3, activity.idle_between_requests(limit)).await;
+        assert!(busy.is_err(), "a request moving bytes was taken as idle");
+        pinger.abort();
+        activity.request_finished();
+        activity.idle_between_requests(limit).await;
     }
 }

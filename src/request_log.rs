@@ -73,6 +73,9 @@ impl RequestLog {
         request_id: RequestId,
         client_ip: IpAddr,
     ) -> Self {
+        if let Some(lifeline) = conn.lifeline() {
+            lifeline.activity().request_started();
+        }
         RequestLog {
             conn: conn.clone(),
             started: Instant::now(),
@@ -135,6 +138,9 @@ impl RequestLog {
 
     fn write(&mut self) {
         self.written = true;
+        if let Some(lifeline) = self.conn.lifeline() {
+            lifeline.activity().request_finished();
+        }
         if self.status == CLIENT_CLOSED {
             self.decision = Decision::ClientClosed;
         }

@@ -283,6 +283,11 @@ pub(crate) struct Lifeline {
 }
 
 impl Lifeline {
+    /// The connection's activity (its requests are counted there for the idle timeout).
+    pub(crate) fn activity(&self) -> &Activity {
+        &self.activity
+    }
+
     /// Resolves once a tunnel should close: the client connection has moved no byte (either
     /// way: the tunnel reads and writes through it) for `server.idle_timeout`, or shutdown has
     /// begun (already, or later). Tunnels hold no request to finish, so shutdown closes them at
@@ -369,7 +374,7 @@ fn watch_reasons_to_close(
     let watcher = tokio::spawn(async move {
         tokio::select! {
             _ = shutdown.changed() => {}
-            _ = activity.idle_for(idle_timeout) => {}
+            _ = activity.idle_between_requests(idle_timeout) => {}
             // hyper's header timer starts only once it knows the protocol: a client that
             // connects and says nothing must not hold a connection slot for idle_timeout.
             _ = first_request_overdue(&served, header_read_timeout) => {}
