@@ -1,7 +1,8 @@
 //! The admin listener (loopback by default): the status page (`/`, `/status.json`),
 //! `/healthz`, `/readyz`, `/metrics` and the Frappe webhook receiver `POST /hooks/frappe`.
 //! Plain HTTP/1.1; never served on the proxy port. Requests naming a Host that is not an IP,
-//! `localhost` or in `admin.allowed_hosts` are refused before routing (DNS-rebinding guard).
+//! `localhost` or in `admin.allowed_hosts` are refused before routing (DNS-rebinding guard),
+//! and so are state-changing requests a browser marks as cross-site (CSRF guard).
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -9,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, HOST};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, ORIGIN};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::auth;
 use crate::metrics::SyncFigures;
@@ -30,10 +32,24 @@ type AdminResponse = Response<Full<Bytes>>;
 /// A readiness probe must answer quickly even when the upstream hangs.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Serves admin requests until shutdown.
+/// Admin connections served at once: plenty for probes, a Prometheus, a few browsers and
+/// Frappe's webhooks, and a bound on the tasks and file descriptors (shared with the proxy
+/// listener) that clients of this listener can hold.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
+
+/// Serves admin requests until shutdown. At [`MAX_ADMIN_CONNECTIONS`] the loop stops
+/// accepting until a connection ends: further clients wait in the kernel's accept queue
+/// (nothing is refused), as on the proxy listener.
 pub(crate) async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut shutdown: ShutdownSignal) {
     status::spawn_sampler(state.obs.metrics.clone(), shutdown.clone());
-    while let Some((stream, _)) = server::accept(&listener, &mut shutdown).await {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        // A slot first, then accept: one listener, so no other worker could take the client.
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let Some((stream, _)) = server::accept(&listener, &mut shutdown).await else { break };
         let state = state.clone();
         crate::spawn(async move {
             let service = service_fn(move |req| route(state.clone(), req));
@@ -42,12 +58,13 @@ pub(crate) async fn serve_admin(listener: TcpListener, state: Arc<Shared>, mut s
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
 
 async fn route(state: Arc<Shared>, req: Request<Incoming>) -> Result<AdminResponse, Infallible> {
-    if let Some(refused) = check_host(&state, &req) {
+    if let Some(refused) = check_host(&state, &req).or_else(|| check_same_origin(&req)) {
         return Ok(refused);
     }
     let response = match (req.method(), req.uri().path()) {
@@ -96,6 +113,57 @@ fn check_host(state: &Shared, req: &Request<Incoming>) -> Option<AdminResponse> 
 /// name; authenticated by its signature).
 fn exempt_from_host_check(method: &Method, path: &str) -> bool {
     matches!((method, path), (&Method::GET, "/healthz" | "/readyz") | (&Method::POST, "/hooks/frappe"))
+}
+
+/// The CSRF guard: a page on any IP origin (`http://203.0.113.7/`) can make the operator's
+/// browser submit a form to `http://127.0.0.1:9901/reload` (a `text/plain` form needs no CORS
+/// preflight, and an IP `Host` passes [`check_host`]). The browser marks such a request with
+/// `Sec-Fetch-Site` and `Origin`, so a state-changing request carrying either one pointing
+/// elsewhere is refused (403, one warning). curl and other non-browser clients send neither
+/// and pass.
+fn check_same_origin(req: &Request<Incoming>) -> Option<AdminResponse> {
+    if !needs_same_origin(req.method(), req.uri().path()) {
+        return None;
+    }
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok());
+    let host = host.or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let reason = cross_site_reason(req.headers(), host)?;
+    tracing::warn!(
+        method = %req.method(),
+        path = req.uri().path(),
+        reason = %reason,
+        "admin request refused: sent cross-site by a browser"
+    );
+    Some(json(
+        StatusCode::FORBIDDEN,
+        serde_json::json!({ "error": format!("cross-site request refused on the admin listener: {reason}") }),
+    ))
+}
+
+/// Every request that may change state (not GET or HEAD), except the Frappe webhook, which
+/// its signature authenticates.
+fn needs_same_origin(method: &Method, path: &str) -> bool {
+    !matches!((method, path), (&Method::GET | &Method::HEAD, _) | (&Method::POST, "/hooks/frappe"))
+}
+
+/// Why the browser says the request comes from another site, or `None`: `Sec-Fetch-Site` is
+/// `cross-site` or `same-site`, or an `Origin` is present whose `host[:port]` is not exactly
+/// `host` (letter case aside) — `Origin: null` never is. Without either header (non-browser
+/// clients) nothing says so.
+fn cross_site_reason(headers: &HeaderMap, host: Option<&str>) -> Option<String> {
+    for site in headers.get_all("sec-fetch-site") {
+        let site = String::from_utf8_lossy(site.as_bytes()).trim().to_ascii_lowercase();
+        if site == "cross-site" || site == "same-site" {
+            return Some(format!("Sec-Fetch-Site is {site}"));
+        }
+    }
+    let same_origin = |origin: &&HeaderValue| {
+        let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, h)| h);
+        origin_host.zip(host).is_some_and(|(o, h)| o.eq_ignore_ascii_case(h))
+    };
+    let foreign = headers.get_all(ORIGIN).iter().find(|o| !same_origin(o))?;
+    let origin = String::from_utf8_lossy(foreign.as_bytes());
+    Some(format!("Origin {origin} is not this listener ({})", host.unwrap_or("no Host")))
 }
 
 /// The first name the request was sent to that [`host_allowed`] refuses: every `Host` header
@@ -204,6 +272,11 @@ pub(crate) fn sync_report(state: &Shared) -> Option<(bool, serde_json::Value)> {
 /// Largest webhook body accepted (a User document is a few KiB).
 const MAX_WEBHOOK_BYTES: usize = 256 * 1024;
 
+/// Longest a webhook body may take to arrive after its head (which has its own 10 s): Frappe
+/// sends a few KiB at once, and a client trickling bytes must not hold a connection, its task
+/// and buffer, and an admin connection slot for ever. Over it: 408.
+const WEBHOOK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `POST /hooks/frappe`: a Frappe Webhook on DocType User (on_update, on_trash). The
 /// signature (`X-Frappe-Webhook-Signature`, HMAC-SHA256 of the raw body) is checked in
 /// constant time; the user's cached credentials are dropped at once, on every instance (Redis),
@@ -228,9 +301,10 @@ async fn receive_webhook(state: &Shared, req: Request<Incoming>) -> (WebhookOutc
         );
     };
     let signature = req.headers().get("x-frappe-webhook-signature").cloned();
-    let body = match Limited::new(req.into_body(), MAX_WEBHOOK_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
+    let read = Limited::new(req.into_body(), MAX_WEBHOOK_BYTES).collect();
+    let body = match tokio::time::timeout(WEBHOOK_BODY_TIMEOUT, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
             return (
                 BadBody,
                 json(
@@ -238,6 +312,16 @@ async fn receive_webhook(state: &Shared, req: Request<Incoming>) -> (WebhookOutc
                     serde_json::json!({ "error": "webhook body too large or unreadable" }),
                 ),
             )
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?WEBHOOK_BODY_TIMEOUT, "webhook refused: body not received in time");
+            return (
+                BadBody,
+                json(
+                    StatusCode::REQUEST_TIMEOUT,
+                    serde_json::json!({ "error": format!("webhook body not received within {WEBHOOK_BODY_TIMEOUT:?}") }),
+                ),
+            );
         }
     };
     if !auth::webhook::verify_signature(secret, &body, signature.as_ref()) {
@@ -448,6 +532,68 @@ mod tests {
     fn a_star_allows_any_host() {
         for host in ["evil.com", "127.0.0.1.nip.io:9901", "user@evil.com", "[junk"] {
             assert!(allowed(host, &["*"]), "{host}");
+        }
+    }
+
+    fn reason(host: Option<&str>, headers: &[(&str, &str)]) -> Option<String> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        cross_site_reason(&map, host)
+    }
+
+    #[test]
+    fn requests_without_browser_headers_pass() {
+        assert_eq!(reason(Some("127.0.0.1:9901"), &[]), None);
+        assert_eq!(reason(None, &[]), None);
+    }
+
+    #[test]
+    fn same_origin_browser_requests_pass() {
+        for (host, headers) in [
+            ("127.0.0.1:9901", &[("origin", "http://127.0.0.1:9901"), ("sec-fetch-site", "same-origin")][..]),
+            ("127.0.0.1:9901", &[("sec-fetch-site", "none")]),
+            ("localhost:9901", &[("origin", "http://LOCALHOST:9901")]),
+            ("[::1]:9901", &[("origin", "http://[::1]:9901")]),
+        ] {
+            assert_eq!(reason(Some(host), headers), None, "{host} {headers:?}");
+        }
+    }
+
+    #[test]
+    fn cross_site_browser_requests_are_refused() {
+        let host = Some("127.0.0.1:9901");
+        for headers in [
+            &[("origin", "http://203.0.113.7"), ("sec-fetch-site", "cross-site")][..],
+            &[("sec-fetch-site", "cross-site")],
+            &[("sec-fetch-site", "Same-Site")],
+            &[("origin", "http://203.0.113.7")],
+            &[("origin", "null")],
+            &[("origin", "http://127.0.0.1")],
+            &[("origin", "http://127.0.0.1:9902")],
+            &[("origin", "http://127.0.0.1:9901.evil.com")],
+            &[("origin", "127.0.0.1:9901")],
+            &[("origin", "http://127.0.0.1:9901"), ("origin", "http://evil.com")],
+        ] {
+            assert!(reason(host, headers).is_some(), "{headers:?}");
+        }
+        assert!(reason(None, &[("origin", "http://127.0.0.1:9901")]).is_some());
+    }
+
+    #[test]
+    fn only_state_changing_requests_other_than_the_webhook_need_same_origin() {
+        assert!(needs_same_origin(&Method::POST, "/reload"));
+        assert!(needs_same_origin(&Method::PUT, "/reload"));
+        assert!(needs_same_origin(&Method::DELETE, "/"));
+        assert!(needs_same_origin(&Method::POST, "/hooks/frappe/"));
+        assert!(!needs_same_origin(&Method::POST, "/hooks/frappe"));
+        for path in ["/", "/status.json", "/metrics", "/reload"] {
+            assert!(!needs_same_origin(&Method::GET, path), "{path}");
+            assert!(!needs_same_origin(&Method::HEAD, path), "{path}");
         }
     }
 

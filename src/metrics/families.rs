@@ -3,6 +3,7 @@
 
 use super::*;
 use prometheus_client::metrics::MetricType;
+use std::borrow::Cow;
 
 /// One counter per variant of `all`, labelled `label = variant.as_str()`.
 pub(super) fn labelled<T: Copy + LabelName>(
@@ -89,12 +90,31 @@ impl Collector for RouteCounters {
         )?;
         for (route, counters) in &self.table.load().in_order {
             for method in MethodClass::ALL {
-                let labels = [("route", &**route), ("method", method.as_str())];
+                let labels = [("route", &*escape_label_value(route)), ("method", method.as_str())];
                 ConstCounter::new(counters.get(*method as usize)).encode(family.encode_family(&labels)?)?;
             }
         }
         Ok(())
     }
+}
+
+/// `value` as an OpenMetrics label value: `\\`, `"` and a line feed escaped. prometheus-client
+/// 0.23 writes label values raw, and a route path holding a `"` or a line break would end
+/// the value early, break the scrape or forge series.
+fn escape_label_value(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    let mut escaped = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// Writes [`Scraped`] out at each scrape.
@@ -161,5 +181,29 @@ pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_secs_f64(),
         Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert!(matches!(escape_label_value("/api/"), Cow::Borrowed("/api/")));
+        assert_eq!(escape_label_value(r#"/a"b\c"#), r#"/a\"b\\c"#);
+        assert_eq!(escape_label_value("/odd\"} 1\nforged{x=\"1/"), r#"/odd\"} 1\nforged{x=\"1/"#);
+    }
+
+    #[test]
+    fn route_labels_in_the_exposition_are_escaped() {
+        let routes = RouteCounters::default();
+        routes.counters("/odd\"} 1\nforged_total{x=\"1/");
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(routes));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(!text.lines().any(|l| l.starts_with("forged_total")), "{text}");
+        assert!(text.contains(r#"route="/odd\"} 1\nforged_total{x=\"1/""#), "{text}");
     }
 }
