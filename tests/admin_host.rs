@@ -123,6 +123,13 @@ async fn probes_and_the_webhook_answer_any_host() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = send(admin, "GET", "/readyz", Some(&evil)).await;
     assert_ne!(status, 403, "{body}");
+    // To a foreign Host, only the verdict: no reasons, counts or addresses.
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json.as_object().map(|o| o.len()), Some(1), "{body}");
+    assert!(json["status"].is_string(), "{body}");
+    let (_, body) = send(admin, "GET", "/readyz", Some("127.0.0.1")).await;
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert!(json["rate_limit"].is_object() && json.get("credential_cache_entries").is_some(), "{body}");
     // No webhook secret is configured: the receiver's own 503, not the guard's 403.
     let (status, body) = send(admin, "POST", "/hooks/frappe", Some("frappe-gateway:9901")).await;
     assert_eq!(status, 503, "{body}");
