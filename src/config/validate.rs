@@ -451,6 +451,14 @@ mod tests {
     const MIN: &str = "[upstream]\nurl = \"http://127.0.0.1:8000\"\n";
 
     #[test]
+    fn urls_with_credentials_are_refused_without_echoing_them() {
+        let e = check("[upstream]\nurl = \"http://admin:hunter2@127.0.0.1:8000\"\n").unwrap_err();
+        assert_eq!((e.issues[0].key.as_str(), e.issues[0].line), ("upstream.url", 2));
+        assert!(e.issues[0].message.contains("credentials"), "{:?}", e.issues[0]);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = check(MIN).unwrap();
         assert_eq!(c.server.max_body_bytes, 26_214_400);

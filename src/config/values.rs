@@ -69,6 +69,14 @@ pub(super) fn parse_http_url(s: &str) -> Result<Uri, String> {
     if uri.path() != "/" && !uri.path().is_empty() {
         return Err(format!("URL {s:?} must not have a path; use a [[route]] for path prefixes"));
     }
+    // Credentials in the URL would be shown wherever the URL is (status page, logs); the
+    // gateway never sends them anyway. The message does not repeat the URL.
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "a URL must not carry credentials (user:password@); secrets come from environment variables"
+                .into(),
+        );
+    }
     Ok(uri)
 }
 
