@@ -94,15 +94,15 @@ fn cross_site_reason(headers: &HeaderMap, host: Option<&str>) -> Option<String> 
     Some(format!("Origin {origin} is not this listener ({})", host.unwrap_or("no Host")))
 }
 
-/// The first name the request was sent to that [`host_allowed`] refuses: every `Host` header
-/// (a duplicate cannot slip past), and the request target's authority when it has one
-/// (absolute form; HTTP/2's `:authority`).
 /// Whether the request names an allowed Host (see [`host_allowed`]); the probes, which answer
 /// any Host, tell the details only then.
 pub(super) fn names_allowed_host(state: &Shared, req: &Request<Incoming>) -> bool {
     refused_host(req, &state.runtime().config.admin.allowed_hosts).is_none()
 }
 
+/// The first name the request was sent to that [`host_allowed`] refuses: every `Host` header
+/// (a duplicate cannot slip past), and the request target's authority when it has one
+/// (absolute form; HTTP/2's `:authority`).
 fn refused_host(req: &Request<Incoming>, allowed: &[String]) -> Option<String> {
     let headers = req.headers().get_all(HOST).iter().map(|v| String::from_utf8_lossy(v.as_bytes()));
     let authority = req.uri().authority().map(|a| a.as_str().into());
