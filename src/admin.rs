@@ -279,6 +279,8 @@ async fn refresh_scraped(state: &Shared) {
     let m = &state.obs.metrics;
     m.cache_entries.set(i64::try_from(state.auth.store.entries().await).unwrap_or(i64::MAX));
     m.redis_degraded.set(i64::from(state.limits.limiter.is_degraded()));
+    m.body_bytes_memory.set(i64::try_from(state.buffered.bytes()).unwrap_or(i64::MAX));
+    m.body_bytes_disk.set(i64::try_from(state.spooled.bytes()).unwrap_or(i64::MAX));
     let sync = state.auth.sync_status.as_ref().map(|s| {
         let report = s.report();
         SyncFigures { runs: report.runs, failures: report.failures, last_success: report.last_success_at }

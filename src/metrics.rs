@@ -78,6 +78,9 @@ pub(crate) struct Metrics {
     /// Set just before each scrape by the admin handler.
     pub cache_entries: Gauge<i64, AtomicI64>,
     pub redis_degraded: Gauge<i64, AtomicI64>,
+    /// Bytes request bodies hold now: read into memory, and spooled to disk.
+    pub(crate) body_bytes_memory: Gauge<i64, AtomicI64>,
+    pub(crate) body_bytes_disk: Gauge<i64, AtomicI64>,
     scraped: Arc<Mutex<Scraped>>,
     /// The busiest api_keys of the last minutes, for the status page.
     pub(crate) top_keys: TopKeys,
@@ -211,6 +214,14 @@ impl Metrics {
             "1 while Redis is unreachable and local limits apply",
             redis_degraded.clone(),
         );
+        let body_bytes = Family::<Labels, Gauge>::default();
+        registry.register(
+            "request_body_bytes",
+            "Bytes request bodies hold now, read into memory or spooled to disk (bounded by server.max_buffered_bytes / max_spool_bytes)",
+            body_bytes.clone(),
+        );
+        let body_bytes_memory = body_bytes.get_or_create(&vec![("store", "memory")]).clone();
+        let body_bytes_disk = body_bytes.get_or_create(&vec![("store", "disk")]).clone();
         Metrics {
             registry: root,
             requests,
@@ -227,6 +238,8 @@ impl Metrics {
             open_connections,
             cache_entries,
             redis_degraded,
+            body_bytes_memory,
+            body_bytes_disk,
             scraped,
             top_keys: TopKeys::default(),
             history: History::default(),

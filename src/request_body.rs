@@ -50,6 +50,13 @@ pub(crate) struct BodyLimits {
 #[derive(Debug, Default)]
 pub(crate) struct ByteGauge(AtomicU64);
 
+impl ByteGauge {
+    /// Bytes held now (`gateway_request_body_bytes`).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A body's share of a [`ByteGauge`], given back when the body is done with (dropped).
 pub(crate) struct ByteShare {
     gauge: Arc<ByteGauge>,

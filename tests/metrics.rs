@@ -453,6 +453,10 @@ async fn counters_equal_the_scripted_traffic() {
     assert_eq!(m.value("gateway_tls_handshake_failures_total", &[("reason", "error")]), 1.0);
     assert_eq!(m.value("gateway_tls_handshake_failures_total", &[("reason", "timeout")]), 0.0);
     assert!(m.value("gateway_open_connections", &[]) >= 1.0, "the client's pooled connection is open");
+    // Every body is done with: nothing held in memory or on disk.
+    for store in ["memory", "disk"] {
+        assert_eq!(m.value("gateway_request_body_bytes", &[("store", store)]), 0.0, "{store}");
+    }
     let not_after = {
         let pem = std::fs::read(&certs.cert_path).unwrap();
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
