@@ -94,7 +94,7 @@ pub(crate) struct MemoryShare {
 }
 
 impl MemoryShare {
-    pub(crate) fn new(conn: &Arc<ByteGauge>, total: &Arc<ByteGauge>) -> Self {
+    fn new(conn: &Arc<ByteGauge>, total: &Arc<ByteGauge>) -> Self {
         MemoryShare { conn: ByteShare::new(conn), total: ByteShare::new(total) }
     }
 
@@ -126,12 +126,13 @@ pub(crate) enum ReadBody {
 
 /// Reads up to `limits.inspect` bytes within `limits.read_timeout`. `declared` is the
 /// Content-Length: a body declared larger than `inspect` is not waited for at all.
-/// `memory` counts the bytes held (bounded by `limits.max_buffered*`).
+/// `conn` and `total` count the bytes held in memory (bounded by `limits.max_buffered*`); a
+/// request without a body touches neither.
 pub(crate) async fn read(
     body: Incoming,
     declared: Option<u64>,
     limits: &BodyLimits,
-    memory: MemoryShare,
+    (conn, total): (&Arc<ByteGauge>, &Arc<ByteGauge>),
 ) -> Result<ReadBody, GatewayError> {
     if body.is_end_stream() {
         return Ok(ReadBody::Complete(Bytes::new(), None));
@@ -139,7 +140,7 @@ pub(crate) async fn read(
     if declared.is_some_and(|len| len > limits.inspect) {
         return Ok(ReadBody::Partial { prefix: VecDeque::new(), share: None, rest: body });
     }
-    let reading = read_prefix(body, limits, memory);
+    let reading = read_prefix(body, limits, MemoryShare::new(conn, total));
     match tokio::time::timeout(limits.read_timeout, reading).await {
         Ok(result) => result,
         Err(_) => Err(body_timeout(limits.read_timeout)),
@@ -221,13 +222,8 @@ pub(crate) async fn spool(
         }
         file.write_all(&chunk).await.map_err(|e| spool_failed(e.to_string()))?;
     }
-    if let Some(scan) = scan.as_mut() {
-        scan.close();
-        match scan.verdict() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(BodyFailure::Refused(e).to_error()),
-            None => return Err(BodyFailure::Refused(FormError::BadMultipart).to_error()),
-        }
+    if let Some(Err(e)) = scan.as_mut().map(MultipartScan::finish) {
+        return Err(BodyFailure::Refused(e).to_error());
     }
     file.flush().await.map_err(|e| spool_failed(e.to_string()))?;
     file.rewind().await.map_err(|e| spool_failed(e.to_string()))?;
@@ -570,7 +566,7 @@ impl Streamed {
         loop {
             let frame = match self.next_client_frame(cx) {
                 Poll::Ready(Ok(Some(frame))) => frame,
-                Poll::Ready(Ok(None)) => return self.poll_end(cx),
+                Poll::Ready(Ok(None)) => return self.poll_end(),
                 Poll::Ready(Err(failure)) => return Poll::Ready(Some(Err(failure))),
                 Poll::Pending => return Poll::Pending,
             };
@@ -578,7 +574,7 @@ impl Streamed {
                 // Trailers end the body (HTTP/2 sends them with END_STREAM). They are not
                 // forwarded, and must not release the held frame before the scan's verdict.
                 self.rest = None;
-                return self.poll_end(cx);
+                return self.poll_end();
             };
             self.seen += data.len() as u64;
             stats.bytes.store(self.seen, Ordering::Relaxed);
@@ -627,16 +623,9 @@ impl Streamed {
 
     /// The client's body has ended: with a scan, release the held frame only once the scan
     /// has judged the whole form.
-    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
-        if let Some(scan) = self.scan.as_mut() {
-            scan.close();
-            match scan.poll(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(BodyFailure::Refused(e)))),
-                Poll::Pending => {
-                    return Poll::Ready(Some(Err(BodyFailure::Refused(FormError::BadMultipart))))
-                }
-            }
+    fn poll_end(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyFailure>>> {
+        if let Some(Err(e)) = self.scan.as_mut().map(MultipartScan::finish) {
+            return Poll::Ready(Some(Err(BodyFailure::Refused(e))));
         }
         Poll::Ready(self.held.take().map(Ok))
     }

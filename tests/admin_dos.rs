@@ -156,25 +156,7 @@ async fn route_label_values_are_escaped_in_the_exposition() {
 // Raw HTTP/2 (prior knowledge, plain TCP: the proxy listener without TLS sniffs the preface)
 // ---------------------------------------------------------------------------------------------
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut out = vec![len[1], len[2], len[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
+use common::h2_raw::*;
 
 /// `GET path` over plain HTTP, literals without indexing (no Huffman).
 fn request_block(authority: &str, path: &str) -> Vec<u8> {

@@ -13,20 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use common::{tls_connect, Certs, ConfigBuilder, FakeFrappe, Gateway, PUBLIC_ROUTE};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const HEADERS: u8 = 0x1;
-const SETTINGS: u8 = 0x4;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const ACK: u8 = 0x1;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut out = vec![len[1], len[2], len[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
+use common::h2_raw::{frame, ACK, END_HEADERS, END_STREAM, HEADERS, PREFACE, SETTINGS};
 
 /// `GET /__test/echo` for `authority`, every field a literal without indexing (no Huffman).
 fn request_block(authority: &str) -> Vec<u8> {

@@ -61,6 +61,12 @@ impl MultipartScan {
         self.verdict = Some(fed.and_then(|()| self.judge.feed(None)).map_err(FormError::from));
     }
 
+    /// The body has ended: the verdict on the whole form.
+    pub fn finish(&mut self) -> Result<(), FormError> {
+        self.close();
+        self.verdict().unwrap_or(Err(FormError::BadMultipart))
+    }
+
     /// `Ready(Ok)` once the closed body is judged clean, `Ready(Err)` on a judged field or a
     /// malformed body, `Pending` while it needs more bytes. Judging happens in `push` and
     /// `close`; nothing here waits.

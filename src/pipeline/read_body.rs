@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use super::context::Ctx;
 use crate::error::{ErrorKind, GatewayError};
 use crate::frappe_request::{body_kind, BodyKind, FormError, FrappeRequest, MultipartScan};
-use crate::request_body::{self, BodyStats, MemoryShare, ReadBody, UpstreamBody};
+use crate::request_body::{self, BodyStats, ReadBody, UpstreamBody};
 use crate::routes::RouteEntry;
 
 pub(super) async fn read(
@@ -34,7 +34,7 @@ pub(super) async fn read(
         false => BodyKind::Opaque,
     };
     let limits = &ctx.rt.body_limits;
-    let memory = MemoryShare::new(&ctx.conn.buffered, &ctx.shared.buffered);
+    let memory = (&ctx.conn.buffered, &ctx.shared.buffered);
     match request_body::read(body, declared, limits, memory).await? {
         ReadBody::Complete(bytes, held) => {
             // An empty body adds nothing to the query's form_dict, read with the head (a

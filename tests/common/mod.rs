@@ -10,6 +10,7 @@ pub mod config;
 pub mod differential;
 pub mod fake_frappe;
 pub mod gateway;
+pub mod h2_raw;
 pub mod in_process;
 pub mod process;
 pub mod redis;
